@@ -1,0 +1,409 @@
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_bert, make_dataset, make_sentences, train_wordpiece_tokenizer
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from trainer_ext.arguments import DistillationTrainingArguments
+from trainer_ext.trainer import PROJECTION_FILE, DistillationError, DistillationTrainer
+
+
+def args_for(tmp_path, cls=DistillationTrainingArguments, **kwargs) -> TrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        num_train_epochs=2,
+        learning_rate=5e-3,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    defaults.update(kwargs)
+    return cls(**defaults)
+
+
+class TeacherCallCounter:
+    """Counts the examples a model's forward sees."""
+
+    def __init__(self, model):
+        self.examples = 0
+        self.calls = 0
+        model.register_forward_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module, args, kwargs, output):
+        self.calls += 1
+        self.examples += output.logits.shape[0]
+
+
+@pytest.fixture
+def data(tokenizer):
+    return make_dataset(tokenizer, n=48)
+
+
+@pytest.fixture
+def teacher(tokenizer):
+    model = make_bert(tokenizer, hidden_size=48, num_hidden_layers=3, seed=1)
+    with torch.no_grad():  # a confident teacher, so its logits are far from a fresh student's
+        model.classifier.weight.mul_(30.0)
+    return model
+
+
+def test_without_teacher_it_is_exactly_trainer(tmp_path, tokenizer, data):
+    results = []
+    for cls in (Trainer, DistillationTrainer):
+        model = make_bert(tokenizer, seed=3)
+        args = args_for(tmp_path / cls.__name__, cls=TrainingArguments)
+        trainer = cls(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=tokenizer)
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        results.append((losses, trainer.evaluate()["eval_loss"], model.state_dict()))
+    (losses_a, eval_a, state_a), (losses_b, eval_b, state_b) = results
+    assert len(losses_a) == 12 and losses_a == losses_b
+    assert eval_a == eval_b
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_distillation_moves_the_student_towards_the_teacher(tmp_path, tokenizer, data, teacher):
+    student = make_bert(tokenizer, seed=2)
+    trainer = DistillationTrainer(
+        model=student,
+        args=args_for(tmp_path, num_train_epochs=4),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    )
+    gap_before = _logit_gap(student, teacher, data, tokenizer)
+    trainer.train()
+    gap_after = _logit_gap(student, teacher, data, tokenizer)
+    assert gap_after < 0.5 * gap_before
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert all("distill_loss" in e for e in logged)
+    # distillation_weight=1.0: the loss is the distillation term alone.
+    assert logged[0]["loss"] == pytest.approx(logged[0]["distill_loss"], rel=1e-3)
+
+
+def _logit_gap(student, teacher, data, tokenizer) -> float:
+    batch = tokenizer(list(data["text"]), padding=True, return_tensors="pt")
+    student.eval()
+    teacher.eval()
+    with torch.no_grad():
+        gap = torch.mean((student(**batch).logits - teacher(**batch).logits) ** 2).item()
+    student.train()
+    return gap
+
+
+def test_teacher_runs_once_per_example_and_cache_is_reused_on_resume(tmp_path, tokenizer, data, teacher):
+    counter = TeacherCallCounter(teacher)
+    trainer = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, num_train_epochs=3),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    )
+    trainer.train()
+    assert counter.examples == len(data)  # three epochs, one teacher pass
+    cache_files = sorted(os.listdir(tmp_path / "out" / "_teacher_logits"))
+    assert [f for f in cache_files if f.endswith(".npy")], cache_files
+    cached = trainer.train_dataset["teacher_logits"]
+    with torch.no_grad():
+        teacher.eval()
+        direct = teacher(**tokenizer(list(data["text"])[:4], padding=True, return_tensors="pt")).logits
+    assert np.allclose(np.asarray(list(cached)[:4]), direct.numpy(), atol=1e-5)
+
+    # A second run in the same output directory (a resume) reuses the stored logits: no teacher forward at all.
+    counter.examples = 0
+    again = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, num_train_epochs=1),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    )
+    again.train()
+    assert counter.examples == 0
+
+    # Changed data gets new logits.
+    changed = data.select(range(40))
+    DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, num_train_epochs=1),
+        train_dataset=changed,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    ).train()
+    assert counter.examples == 40
+
+
+def test_online_teacher_when_caching_is_off(tmp_path, tokenizer, data, teacher):
+    counter = TeacherCallCounter(teacher)
+    DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, num_train_epochs=2, cache_teacher_logits=False),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    ).train()
+    assert counter.examples == 2 * len(data)
+    assert not (tmp_path / "out" / "_teacher_logits").exists()
+
+
+def test_logits_column_needs_no_teacher(tmp_path, tokenizer, data, teacher):
+    with torch.no_grad():
+        teacher.eval()
+        logits = teacher(**tokenizer(list(data["text"]), padding=True, return_tensors="pt")).logits.numpy()
+    with_logits = data.add_column("teacher_logits", logits.tolist())
+    trainer = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path),
+        train_dataset=with_logits,
+        processing_class=tokenizer,
+    )
+    assert trainer.distilling
+    trainer.train()
+    assert "distill_loss" in trainer.state.log_history[0]
+
+    bad = data.add_column("teacher_logits", np.zeros((len(data), 3)).tolist())
+    with pytest.raises(DistillationError, match="3 logits per example"):
+        DistillationTrainer(model=make_bert(tokenizer), args=args_for(tmp_path), train_dataset=bad)
+
+
+def test_teacher_with_its_own_tokenizer_reads_raw_text(tmp_path, tokenizer, data):
+    teacher_tokenizer = train_wordpiece_tokenizer(make_sentences(300, seed=9)[0], vocab_size=120)
+    assert teacher_tokenizer.get_vocab() != tokenizer.get_vocab()
+    teacher = make_bert(teacher_tokenizer, hidden_size=48, seed=4)
+    args = args_for(tmp_path, num_train_epochs=1)
+    with pytest.raises(DistillationError, match="vocabularies differ"):
+        DistillationTrainer(model=make_bert(tokenizer), args=args, train_dataset=data, teacher_model=teacher)
+    trainer = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+        teacher_tokenizer=teacher_tokenizer,
+    )
+    assert trainer.teacher_reads_text
+    trainer.train()
+    with torch.no_grad():
+        teacher.eval()
+        expected = teacher(**teacher_tokenizer(list(data["text"]), padding=True, return_tensors="pt")).logits.numpy()
+    assert np.allclose(np.asarray(list(trainer.train_dataset["teacher_logits"])), expected, atol=1e-5)
+
+    no_text = data.remove_columns("text")
+    with pytest.raises(DistillationError, match="raw text column 'text'"):
+        DistillationTrainer(
+            model=make_bert(tokenizer),
+            args=args,
+            train_dataset=no_text,
+            processing_class=tokenizer,
+            teacher_model=teacher,
+            teacher_tokenizer=teacher_tokenizer,
+        )
+
+
+def test_teacher_given_as_a_path(tmp_path, tokenizer, data, teacher):
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    trainer = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, num_train_epochs=1),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=str(tmp_path / "teacher"),
+    )
+    assert not trainer.teacher_reads_text  # same vocabulary: the teacher reads the student's token ids
+    trainer.train()
+
+
+def test_mismatched_labels_are_rejected(tmp_path, tokenizer, data, teacher):
+    args = args_for(tmp_path)
+    three = make_bert(tokenizer, num_labels=3)
+    with pytest.raises(DistillationError, match="predicts 2 labels but the student 3"):
+        DistillationTrainer(model=three, args=args, train_dataset=data, teacher_model=teacher)
+    swapped = make_bert(tokenizer, id2label={0: "pos", 1: "neg"})
+    with pytest.raises(DistillationError, match="label orders differ"):
+        DistillationTrainer(model=swapped, args=args, train_dataset=data, teacher_model=teacher)
+
+
+def test_bad_datasets_are_rejected_before_training(tmp_path, tokenizer, data, teacher):
+    args = args_for(tmp_path)
+    student = make_bert(tokenizer)
+    out_of_range = data.cast_column("label", data.features["label"].__class__(names=["a", "b", "c"]))
+    out_of_range = out_of_range.map(lambda e, i: {"label": 2 if i == 0 else e["label"]}, with_indices=True)
+    with pytest.raises(DistillationError, match=r"outside \[0, 2\)"):
+        DistillationTrainer(model=student, args=args, train_dataset=out_of_range, teacher_model=teacher)
+    strings = data.cast_column("label", data.features["text"])
+    with pytest.raises(DistillationError, match="class_encode_column"):
+        DistillationTrainer(model=student, args=args, train_dataset=strings, teacher_model=teacher)
+    with pytest.raises(DistillationError, match="empty"):
+        DistillationTrainer(model=student, args=args, train_dataset=data.select([]), teacher_model=teacher)
+    with pytest.raises(DistillationError, match="no 'label'/'labels' column"):
+        DistillationTrainer(
+            model=student,
+            args=args_for(tmp_path, distillation_weight=0.5),
+            train_dataset=data.remove_columns("label"),
+            teacher_model=teacher,
+        )
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"distillation_loss": "l1"}, "distillation_loss='l1'"),
+        ({"distillation_weight": 1.5}, r"\[0.0, 1.0\]"),
+        ({"temperature": 0}, "temperature"),
+        ({"hidden_layer_map": "1-2"}, "student:teacher"),
+    ],
+)
+def test_arguments_validate(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        args_for(tmp_path, **kwargs)
+
+
+def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tokenizer, data, teacher):
+    finals = []
+    for batch, accumulation in ((16, 1), (8, 2)):
+        student = make_bert(tokenizer, seed=5)
+        student.config.hidden_dropout_prob = 0.0
+        for module in student.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        DistillationTrainer(
+            model=student,
+            args=args_for(
+                tmp_path / f"b{batch}",
+                per_device_train_batch_size=batch,
+                gradient_accumulation_steps=accumulation,
+                num_train_epochs=1,
+                distillation_weight=0.5,
+                optim="sgd",
+                learning_rate=0.5,
+                lr_scheduler_type="constant",
+            ),
+            train_dataset=data,
+            processing_class=tokenizer,
+            teacher_model=teacher,
+        ).train()
+        finals.append(student.classifier.weight.detach().clone())
+    moved = (finals[0] - make_bert(tokenizer, seed=5).classifier.weight).abs().max().item()
+    assert moved > 1e-2
+    # Padding to different batch lengths alone gives ~5e-5 here (plain Trainer too); a mis-scaled term gives >1e-2.
+    assert torch.allclose(finals[0], finals[1], atol=2e-4)
+
+
+def test_hidden_distillation_trains_a_projection_that_is_never_saved(tmp_path, tokenizer, data, teacher):
+    student = make_bert(tokenizer, seed=2)  # hidden 32 vs the teacher's 48
+    trainer = DistillationTrainer(
+        model=student,
+        args=args_for(tmp_path, hidden_distillation_weight=1.0, save_strategy="steps", save_steps=6),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    )
+    assert trainer.hidden_layer_map == {1: 2, 2: 3}
+    before = trainer.hidden_projection.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(before, trainer.hidden_projection.weight)
+    assert all("hidden_loss" in e for e in trainer.state.log_history if "loss" in e)
+    checkpoint = tmp_path / "out" / "checkpoint-6"
+    assert (checkpoint / PROJECTION_FILE).exists()
+    trainer.save_model(str(tmp_path / "final"))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert set(saved) == set(student.state_dict())
+    assert not any("projection" in k for k in saved)
+
+    # Resuming restores the projection from the checkpoint.
+    resumed = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, hidden_distillation_weight=1.0, save_strategy="no"),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    )
+    saved_projection = torch.load(checkpoint / PROJECTION_FILE)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 12
+    assert not torch.equal(resumed.hidden_projection.weight.detach(), saved_projection["weight"])
+
+
+def test_trainer_features_keep_working(tmp_path, tokenizer, data, teacher):
+    seen = []
+
+    class Recorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    def accuracy(eval_pred):
+        return {"accuracy": float((eval_pred.predictions.argmax(-1) == eval_pred.label_ids).mean())}
+
+    trainer = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, eval_strategy="epoch", save_strategy="epoch", distillation_weight=0.5),
+        train_dataset=data,
+        eval_dataset=data,
+        processing_class=tokenizer,
+        compute_metrics=accuracy,
+        callbacks=[Recorder()],
+        teacher_model=teacher,
+    )
+    trainer.train()
+    assert any("eval_accuracy" in logs for logs in seen)
+    assert any("distill_loss" in logs and "hard_loss" in logs for logs in seen)
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+
+    # Resume from the first epoch's checkpoint finishes the run.
+    resumed = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, eval_strategy="no", save_strategy="epoch", distillation_weight=0.5),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    )
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-6"))
+    assert resumed.state.global_step == 12
+
+
+def test_push_to_hub_uploads_the_student_not_the_cache(tmp_path, tokenizer, data, teacher, monkeypatch):
+    import transformers.trainer as trainer_module
+
+    uploads = []
+
+    def fake_upload_folder(**kwargs):
+        from huggingface_hub.utils import filter_repo_objects
+
+        folder = kwargs["folder_path"]
+        files = [os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs]
+        uploads.append(sorted(filter_repo_objects(files, ignore_patterns=kwargs.get("ignore_patterns"))))
+
+        class Info:
+            commit_url = "https://huggingface.co/me/student/commit/0"
+
+        return Info()
+
+    class FakeRepo:
+        repo_id = "me/student"
+
+    monkeypatch.setattr(trainer_module, "create_repo", lambda *a, **k: FakeRepo())
+    monkeypatch.setattr(trainer_module, "upload_folder", fake_upload_folder)
+    trainer = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, num_train_epochs=1, hub_model_id="me/student", hub_token="x"),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    )
+    trainer.train()
+    trainer.push_to_hub()
+    files = uploads[-1]
+    assert "model.safetensors" in files and "config.json" in files and "tokenizer.json" in files
+    assert not any(f.startswith("_teacher_logits") for f in files)

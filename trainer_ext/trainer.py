@@ -1,0 +1,462 @@
+"""`DistillationTrainer`: a drop-in `Trainer` that adds a knowledge-distillation loss from a teacher model."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import logging
+
+from .arguments import DistillationTrainingArguments, parse_layer_map
+from .losses import distillation_loss, hidden_state_mse_loss
+from .teacher import compute_teacher_logits
+
+logger = logging.get_logger(__name__)
+
+PROJECTION_FILE = "distillation_projection.pt"
+_DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+
+
+class DistillationError(ValueError):
+    """A teacher, student or dataset that cannot be distilled together; the message says how to fix it."""
+
+
+def check_label_compatibility(teacher_config: Any, student_config: Any) -> None:
+    """Teacher and student must predict the same labels in the same order, or the logits mean different things."""
+    if teacher_config.num_labels != student_config.num_labels:
+        raise DistillationError(
+            f"The teacher predicts {teacher_config.num_labels} labels but the student {student_config.num_labels}. "
+            "Build the student with the teacher's labels, e.g. `from_pretrained(..., num_labels=teacher.config."
+            "num_labels, id2label=teacher.config.id2label, label2id=teacher.config.label2id)` or `build_student(teacher)`."
+        )
+    teacher_names = [str(teacher_config.id2label[i]) for i in range(teacher_config.num_labels)]
+    student_names = [str(student_config.id2label[i]) for i in range(student_config.num_labels)]
+    named = not any(_DEFAULT_LABEL.match(n) for n in teacher_names + student_names)
+    if named and teacher_names != student_names:
+        raise DistillationError(
+            f"Teacher and student label orders differ: teacher {teacher_names}, student {student_names}. Logit i must "
+            "mean the same label in both: give the student `id2label=teacher.config.id2label` (and label2id), or "
+            "remap the teacher's head."
+        )
+
+
+def _same_vocabulary(a: PreTrainedTokenizerBase | None, b: PreTrainedTokenizerBase | None) -> bool:
+    return a is not None and b is not None and a.get_vocab() == b.get_vocab()
+
+
+def _label_column(dataset: Any) -> str | None:
+    columns = getattr(dataset, "column_names", None) or []
+    for name in ("labels", "label", "label_ids"):
+        if name in columns:
+            return name
+    return None
+
+
+def _check_dataset(dataset: Any, split: str, num_labels: int | None, logits_column: str | None) -> None:
+    """Cheap checks on a `datasets.Dataset`, so bad data fails here and not hours into training."""
+    if dataset is None or not hasattr(dataset, "column_names"):
+        return
+    if len(dataset) == 0:
+        raise DistillationError(f"The {split} dataset is empty: check the split name and any filtering applied to it.")
+    label_column = _label_column(dataset)
+    if label_column is not None and num_labels is not None and dataset.features[label_column].dtype != "string":
+        labels = np.asarray(list(dataset[label_column]))
+        if labels.dtype.kind == "f" and np.any(labels != np.round(labels)):
+            raise DistillationError(
+                f"The {split} column {label_column!r} holds non-integer values; labels must be class ids 0.."
+                f"{num_labels - 1}. Encode them with `dataset.class_encode_column({label_column!r})`."
+            )
+        if labels.dtype.kind in "iuf":
+            bad = labels[(labels < 0) | (labels >= num_labels)]
+            # -100 is the ignore index: a deliberately unlabelled example, not an error.
+            bad = bad[bad != -100]
+            if bad.size:
+                raise DistillationError(
+                    f"The {split} column {label_column!r} has {bad.size} label(s) outside [0, {num_labels}): "
+                    f"{sorted(set(bad.tolist()))[:10]}. The model's num_labels/id2label must cover every label id."
+                )
+    elif label_column is not None and dataset.features[label_column].dtype == "string":
+        raise DistillationError(
+            f"The {split} column {label_column!r} holds strings; encode them as class ids with "
+            f"`dataset.class_encode_column({label_column!r})` and give the model the matching id2label."
+        )
+    if logits_column and logits_column in dataset.column_names and num_labels is not None:
+        width = len(dataset[0][logits_column])
+        if width != num_labels:
+            raise DistillationError(
+                f"The {split} column {logits_column!r} has {width} logits per example but the student predicts "
+                f"{num_labels} labels. Recompute the teacher logits with a teacher for the same labels."
+            )
+
+
+class TeacherLogitsCollator:
+    """Wraps any data collator: takes the teacher-logits column out before collating, then adds it back stacked.
+
+    Collators such as `DataCollatorWithPadding` only know token columns; this keeps them unaware of distillation.
+    """
+
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], column: str) -> None:
+        self.collator = collator
+        self.column = column
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features or not isinstance(features[0], dict) or self.column not in features[0]:
+            return self.collator(features)
+        logits = [f[self.column] for f in features]
+        batch = self.collator([{k: v for k, v in f.items() if k != self.column} for f in features])
+        batch[self.column] = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+        return batch
+
+
+class DistillationTrainer(Trainer):
+    """A `Trainer` that distils a teacher into the model being trained.
+
+    With no `teacher_model` and no teacher-logits column in the training data it behaves exactly like `Trainer`.
+    With a teacher, the teacher's logits are computed once before training (see `trainer_ext.teacher`), stored under
+    the output directory keyed to the data and the teacher, and the loss becomes
+
+        (1 - distillation_weight) * CE(student, labels) + distillation_weight * D(student, teacher)
+        + hidden_distillation_weight * MSE(project(student hidden), teacher hidden)
+
+    where D is `args.distillation_loss`. Training data that already has a `teacher_logits` column needs no teacher.
+
+    Args (beyond `Trainer`'s):
+        teacher_model: a sequence-classification model or a path/Hub id to load one from.
+        teacher_tokenizer: the teacher's tokenizer when it differs from the student's; the teacher then reads the raw
+            `args.teacher_text_column` of the training data. Loaded from `teacher_model` when that is a path.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        model_init: Callable[..., PreTrainedModel] | None = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        *,
+        teacher_model: PreTrainedModel | str | os.PathLike | None = None,
+        teacher_tokenizer: PreTrainedTokenizerBase | str | None = None,
+    ) -> None:
+        if args is None:
+            args = DistillationTrainingArguments(output_dir="trainer_output")
+        # A plain TrainingArguments works too (drop-in); distillation settings then take their defaults.
+        self.distillation_args = (
+            args
+            if isinstance(args, DistillationTrainingArguments)
+            else DistillationTrainingArguments(output_dir=args.output_dir, report_to="none")
+        )
+        dargs = self.distillation_args
+
+        if isinstance(teacher_model, (str, os.PathLike)):
+            teacher_path = str(teacher_model)
+            teacher_model = AutoModelForSequenceClassification.from_pretrained(teacher_path)
+            if teacher_tokenizer is None:
+                try:
+                    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_path)
+                except (OSError, ValueError):
+                    teacher_tokenizer = None
+        if isinstance(teacher_tokenizer, str):
+            teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_tokenizer)
+        self.teacher_model: PreTrainedModel | None = teacher_model
+
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            model_init=model_init,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+
+        self.logits_column = dargs.teacher_logits_column
+        has_logits_column = self.logits_column in (getattr(self.train_dataset, "column_names", None) or [])
+        self.distilling = self.teacher_model is not None or has_logits_column
+        self._teacher_logits_ready = has_logits_column
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self.hidden_projection: nn.Module | None = None
+        self.hidden_layer_map: dict[int, int] | None = None
+        # The teacher reads raw text only when it tokenizes differently from the student.
+        student_tokenizer = processing_class if isinstance(processing_class, PreTrainedTokenizerBase) else None
+        self.teacher_reads_text = teacher_tokenizer is not None and not _same_vocabulary(
+            teacher_tokenizer, student_tokenizer
+        )
+        self.teacher_tokenizer = teacher_tokenizer if self.teacher_reads_text else None
+        if not self.distilling:
+            return
+
+        num_labels = getattr(getattr(self.model, "config", None), "num_labels", None)
+        _check_dataset(self.train_dataset, "train", num_labels, self.logits_column)
+        if isinstance(self.eval_dataset, dict):
+            for name, split in self.eval_dataset.items():
+                _check_dataset(split, f"eval ({name})", num_labels, None)
+        else:
+            _check_dataset(self.eval_dataset, "eval", num_labels, None)
+        if (
+            dargs.distillation_weight < 1.0
+            and self.train_dataset is not None
+            and not _label_column(self.train_dataset)
+        ):
+            raise DistillationError(
+                f"distillation_weight={dargs.distillation_weight} mixes in a hard-label loss, but the training data "
+                "has no 'label'/'labels' column. Add labels or set distillation_weight=1.0."
+            )
+        if self.teacher_model is not None:
+            self._setup_teacher()
+        # Collators only know model inputs; the logits column travels beside them.
+        self.data_collator = TeacherLogitsCollator(self.data_collator, self.logits_column)
+
+    # ----------------------------------------------------------------------------------------------------- set-up
+    def _setup_teacher(self) -> None:
+        dargs = self.distillation_args
+        teacher = self.teacher_model
+        student_config = getattr(self.model, "config", None)
+        if student_config is not None:
+            check_label_compatibility(teacher.config, student_config)
+            teacher_vocab = getattr(teacher.config, "vocab_size", None)
+            student_vocab = getattr(student_config, "vocab_size", None)
+            if not self.teacher_reads_text and teacher_vocab != student_vocab:
+                raise DistillationError(
+                    f"Teacher and student vocabularies differ (teacher vocab_size={teacher_vocab}, student "
+                    f"{student_vocab}), so the teacher cannot read the student's token ids. Pass "
+                    "`teacher_tokenizer=` (the teacher's own tokenizer): it will then read the raw "
+                    f"{dargs.teacher_text_column!r} column."
+                )
+        if self.teacher_reads_text:
+            if not dargs.cache_teacher_logits:
+                raise DistillationError(
+                    "cache_teacher_logits=False runs the teacher on the student's token batches, which needs a shared "
+                    "tokenizer. With a different teacher tokenizer, keep cache_teacher_logits=True."
+                )
+            if dargs.hidden_distillation_weight > 0:
+                raise DistillationError(
+                    "Hidden-state distillation aligns tokens, so teacher and student must share a tokenizer; set "
+                    "hidden_distillation_weight=0 or use a student built from the teacher (`build_student`)."
+                )
+            columns = getattr(self.train_dataset, "column_names", None)
+            if columns is not None and dargs.teacher_text_column not in columns and not self._teacher_logits_ready:
+                raise DistillationError(
+                    f"The teacher has its own tokenizer and reads the raw text column {dargs.teacher_text_column!r}, "
+                    f"but the training data has only {columns}. Keep the text column when tokenizing, or set "
+                    "`teacher_text_column`."
+                )
+        # The teacher only ever runs forward: eval mode (no dropout), no gradients, never wrapped in DDP.
+        teacher.eval()
+        teacher.requires_grad_(False)
+        teacher.to(self.args.device)
+        if dargs.hidden_distillation_weight > 0:
+            self._setup_hidden_projection()
+
+    def _setup_hidden_projection(self) -> None:
+        teacher_config, student_config = self.teacher_model.config, self.model.config
+        n_teacher, n_student = teacher_config.num_hidden_layers, student_config.num_hidden_layers
+        layer_map = parse_layer_map(self.distillation_args.hidden_layer_map)
+        if layer_map is None:
+            layer_map = {s: round(s * n_teacher / n_student) for s in range(1, n_student + 1)}
+        for s, t in layer_map.items():
+            if not (0 <= s <= n_student and 0 <= t <= n_teacher):
+                raise DistillationError(
+                    f"hidden_layer_map entry {s}:{t} is out of range: student layers are 0..{n_student}, teacher "
+                    f"layers 0..{n_teacher} (0 = embedding output)."
+                )
+        self.hidden_layer_map = layer_map
+        if student_config.hidden_size != teacher_config.hidden_size:
+            # One learned projection shared by all mapped layers (as in TinyBERT). It is trained with the student but
+            # is not part of it, so `save_model` never writes it into the student's weights.
+            self.hidden_projection = nn.Linear(student_config.hidden_size, teacher_config.hidden_size).to(
+                self.args.device
+            )
+            if self.args.world_size > 1:
+                # Outside the DDP-wrapped model, so average its gradients across processes ourselves.
+                for param in self.hidden_projection.parameters():
+                    param.register_hook(_all_reduce_mean)
+
+    # -------------------------------------------------------------------------------------------- teacher logits
+    def get_train_dataloader(self) -> torch.utils.data.DataLoader:
+        # The logits become a dataset column, so they must exist before the dataloader is built; computing them here
+        # (and not per batch) is what makes the teacher run once per example instead of once per epoch.
+        self.prepare_teacher_logits()
+        return super().get_train_dataloader()
+
+    def prepare_teacher_logits(self) -> None:
+        """Add the teacher-logits column to the training data, from the cache when the data and teacher match."""
+        dargs = self.distillation_args
+        if (
+            self._teacher_logits_ready
+            or self.teacher_model is None
+            or not dargs.cache_teacher_logits
+            or self.train_dataset is None
+        ):
+            return
+        if not hasattr(self.train_dataset, "add_column"):
+            raise DistillationError(
+                "Caching teacher logits needs a `datasets.Dataset` train set; set cache_teacher_logits=False to run "
+                "the teacher on every batch instead."
+            )
+        cache_dir = dargs.teacher_cache_dir or os.path.join(self.args.output_dir, "_teacher_logits")
+        logits = compute_teacher_logits(
+            self.teacher_model,
+            self.train_dataset,
+            batch_size=dargs.teacher_batch_size or self.args.per_device_eval_batch_size,
+            device=self.args.device,
+            teacher_tokenizer=self.teacher_tokenizer,
+            text_column=dargs.teacher_text_column,
+            max_length=dargs.teacher_max_length,
+            collate=self._teacher_collate,
+            cache_dir=cache_dir,
+        )
+        self.train_dataset = self.train_dataset.add_column(self.logits_column, list(logits))
+        self._teacher_logits_ready = True
+
+    def _teacher_collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        collator = self.data_collator
+        inner = collator.collator if isinstance(collator, TeacherLogitsCollator) else collator
+        return inner(features)
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        # Keep the logits column through `remove_unused_columns`; compute_loss takes it out before the forward.
+        if self.distilling and self.logits_column not in self._signature_columns:
+            self._signature_columns.append(self.logits_column)
+
+    # ------------------------------------------------------------------------------------------------------ loss
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        teacher_logits = inputs.pop(self.logits_column, None)
+        if not self.distilling or not model.training:
+            # Evaluation reports the student's own hard-label loss, comparable with a plain Trainer's.
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        dargs = self.distillation_args
+        use_hidden = dargs.hidden_distillation_weight > 0 and self.teacher_model is not None
+        teacher_outputs = None
+        if teacher_logits is None or use_hidden:
+            if self.teacher_model is None:
+                raise DistillationError(
+                    f"A training batch has no {self.logits_column!r} column and there is no teacher to compute it."
+                )
+            teacher_inputs = {
+                k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+            }
+            with torch.no_grad():
+                teacher_outputs = self.teacher_model(**teacher_inputs, output_hidden_states=use_hidden)
+            if teacher_logits is None:
+                teacher_logits = teacher_outputs.logits
+
+        has_labels = "labels" in inputs and dargs.distillation_weight < 1.0
+        forward_inputs = dict(inputs) if has_labels else {k: v for k, v in inputs.items() if k != "labels"}
+        if has_labels and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+            forward_inputs["num_items_in_batch"] = num_items_in_batch
+        outputs = model(**forward_inputs, output_hidden_states=use_hidden)
+        student_logits = outputs["logits"]
+
+        per_example = distillation_loss(
+            student_logits,
+            teacher_logits.to(student_logits.device),
+            dargs.distillation_loss,
+            dargs.temperature,
+            "none",
+        )
+        # Match Trainer's accumulation semantics: when the model normalises its own loss by the items in the whole
+        # accumulation window, so does the distillation term; otherwise a per-batch mean that Trainer divides later.
+        normalise_by_items = self.model_accepts_loss_kwargs and num_items_in_batch is not None and has_labels
+        if normalise_by_items:
+            kd_loss = per_example.sum() / num_items_in_batch
+        else:
+            kd_loss = per_example.mean()
+        loss = dargs.distillation_weight * kd_loss
+        self._metrics["distill_loss"].append(kd_loss.detach().item())
+        if has_labels:
+            hard_loss = outputs["loss"]
+            loss = loss + (1.0 - dargs.distillation_weight) * hard_loss
+            self._metrics["hard_loss"].append(hard_loss.detach().item())
+        if use_hidden:
+            hidden_loss = self._hidden_loss(outputs.hidden_states, teacher_outputs.hidden_states, inputs)
+            loss = loss + dargs.hidden_distillation_weight * hidden_loss
+            self._metrics["hidden_loss"].append(hidden_loss.detach().item())
+        if normalise_by_items and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        if return_outputs:
+            return loss, outputs
+        return loss
+
+    def _hidden_loss(self, student_hidden: tuple, teacher_hidden: tuple, inputs: dict[str, Any]) -> torch.Tensor:
+        mask = inputs.get("attention_mask")
+        losses = []
+        for s, t in self.hidden_layer_map.items():
+            projected = student_hidden[s]
+            if self.hidden_projection is not None:
+                projected = self.hidden_projection(projected)
+            losses.append(hidden_state_mse_loss(projected, teacher_hidden[t], mask))
+        return torch.stack(losses).mean()
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Report the loss components averaged since the last log, beside Trainer's total loss.
+        if self._metrics and "loss" in logs:
+            for name, values in self._metrics.items():
+                if values:
+                    logs[name] = round(float(np.mean(values)), 6)
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------- the learned hidden-state projection
+    def create_optimizer(self):
+        optimizer = super().create_optimizer()
+        if self.hidden_projection is not None and not getattr(self, "_projection_in_optimizer", False):
+            optimizer.add_param_group({"params": list(self.hidden_projection.parameters()), "weight_decay": 0.0})
+            self._projection_in_optimizer = True
+        return optimizer
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        # The projection lives in the checkpoint (for resume), never in the saved student.
+        if self.hidden_projection is not None and self.args.should_save:
+            torch.save(self.hidden_projection.state_dict(), os.path.join(output_dir, PROJECTION_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is not None and self.hidden_projection is not None:
+            path = os.path.join(checkpoint, PROJECTION_FILE)
+            if os.path.exists(path):
+                self.hidden_projection.load_state_dict(torch.load(path, map_location=self.args.device))
+
+
+def _all_reduce_mean(grad: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        grad /= torch.distributed.get_world_size()
+    return grad
