@@ -3,6 +3,13 @@
 __version__ = "0.1.0.dev0"
 
 from .arguments import DistillationTrainingArguments
+from .assets import MissingAssetError, minilm_teacher_path, rotten_tomatoes_corpus_path, smollm2_gguf_path
+from .data import (
+    OFFLINE_DATASET_NAME,
+    DataValidationError,
+    load_text_classification_dataset,
+    validate_text_classification_dataset,
+)
 from .losses import (
     distillation_loss,
     hidden_state_mse_loss,
@@ -19,6 +26,9 @@ __all__ = [
     "DistillationError",
     "DistillationTrainer",
     "DistillationTrainingArguments",
+    "DataValidationError",
+    "MissingAssetError",
+    "OFFLINE_DATASET_NAME",
     "STUDENT_PRESETS",
     "TeacherLogitsCache",
     "build_student",
@@ -27,6 +37,11 @@ __all__ = [
     "distillation_loss",
     "hidden_state_mse_loss",
     "kl_divergence_loss",
+    "load_text_classification_dataset",
+    "minilm_teacher_path",
+    "rotten_tomatoes_corpus_path",
+    "smollm2_gguf_path",
+    "validate_text_classification_dataset",
     "logit_mse_loss",
     "soft_cross_entropy_loss",
 ]
