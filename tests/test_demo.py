@@ -18,8 +18,11 @@ def test_cli_rejects_unknown_commands_and_flags(capsys):
         main(["bogus"])
     assert exit_info.value.code == 2
     assert "unknown command 'bogus'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--no_such_flag", "1"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--no_such_flag" in err and "--student_epochs" in err
 
 
 @pytest.mark.slow

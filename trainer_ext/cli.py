@@ -13,7 +13,10 @@ def _demo(argv: list[str]) -> int:
     from .demo import DemoConfig, format_table, run_demo
 
     parser = HfArgumentParser(DemoConfig, prog="trainer-ext demo", description=_COMMANDS["demo"])
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    config, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        valid = sorted(a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help")
+        parser.error(f"unrecognised arguments {unknown}; valid options: {', '.join(valid)}")
     hf_logging.set_verbosity_warning()
     results = run_demo(config)
     print()
