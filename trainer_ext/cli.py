@@ -30,7 +30,59 @@ def _demo(argv: list[str]) -> int:
     return 0
 
 
+def _augment(argv: list[str]) -> int:
+    from dataclasses import dataclass, field
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
+    from transformers.utils import logging as hf_logging
+
+    from .augmentation import AugmentationArguments, TextGenerationAugmenter, merge_with_original
+    from .data import load_text_classification_dataset
+
+    @dataclass
+    class AugmentInputs:
+        train_data: str = field(
+            default="rotten_tomatoes_offline", metadata={"help": "Dataset name, Hub id or local file/folder."}
+        )
+        teacher: str | None = field(
+            default=None, metadata={"help": "Folder of a fine-tuned classifier (and tokenizer) that relabels samples."}
+        )
+        max_train_samples: int | None = field(default=None, metadata={"help": "Subsample the training data."})
+        include_original: bool = field(default=False, metadata={"help": "Save original + generated together."})
+
+    parser = HfArgumentParser((AugmentInputs, AugmentationArguments), prog="trainer-ext augment")
+    inputs, aug, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}")
+    if not aug.output_dir:
+        parser.error("--output_dir is required: generated shards, statistics and the dataset are written there")
+    hf_logging.set_verbosity_warning()
+    data = load_text_classification_dataset(inputs.train_data, max_train_samples=inputs.max_train_samples)
+    teacher = teacher_tokenizer = None
+    if inputs.teacher:
+        teacher = AutoModelForSequenceClassification.from_pretrained(inputs.teacher)
+        teacher_tokenizer = AutoTokenizer.from_pretrained(inputs.teacher)
+    augmenter = TextGenerationAugmenter(aug.generator_name_or_path, args=aug)
+    exclude = [t for split in ("validation", "test") if split in data for t in data[split]["text"]]
+    generated = augmenter.augment(
+        data["train"], teacher=teacher, teacher_tokenizer=teacher_tokenizer, exclude_texts=exclude
+    )
+    result = merge_with_original(data["train"], generated) if inputs.include_original else generated
+    path = f"{aug.output_dir}/augmented"
+    result.save_to_disk(path)
+    stats = augmenter.stats
+    print(
+        f"generated {stats['generated']}, kept {stats['kept']}, final {stats['final']}; "
+        f"teacher agreement {stats['teacher_agreement']}; {stats['accepted_per_second']:.2f} accepted/s"
+    )
+    print(f"per label: {stats['final_per_label']}; rejected: {stats['rejected']}")
+    print(f"saved {len(result)} rows to {path}")
+    return 0
+
+
 _COMMANDS = {
+    "augment": "Fine-tune a causal LM on 'label<sep>text' lines, generate new labelled sentences, filter them and "
+    "relabel them with a teacher; saves a datasets folder.",
     "demo": "Fine-tune the packaged MiniLM teacher on the built-in offline movie-review data, train a BERT-Mini-shaped "
     "student with and without distillation, and print accuracy, size and latency of all three.",
 }
@@ -52,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(sorted(_COMMANDS))}")
-    return {"demo": _demo}[command](rest)
+    return {"demo": _demo, "augment": _augment}[command](rest)
 
 
 def _version() -> str:

