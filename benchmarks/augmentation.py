@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--teacher", default="outputs/demo/teacher")
     parser.add_argument("--output-dir", default="outputs/bench_augmentation")
     parser.add_argument("--num-samples", type=int, default=2000)
-    parser.add_argument("--fine-tune-samples", type=int, default=1500)
+    parser.add_argument("--fine-tune-samples", type=int, default=2000)
+    parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--batch-size", type=int, default=48)
     parser.add_argument("--skip-effect", action="store_true")
     parser.add_argument("--loop-prompts", type=int, default=8)
@@ -98,7 +99,9 @@ def main() -> None:
         fine_tune=True,
         fine_tune_max_samples=cli.fine_tune_samples,
         fine_tune_learning_rate=1e-4,
-        freeze_layers=20,
+        freeze_layers=10,  # of 30: the upper 20 layers and the head learn the label conditioning
+        prompt_label_names="negative,positive",  # words the LM knows condition it much faster than "neg"/"pos"
+        temperature=cli.temperature,
         generation_batch_size=cli.batch_size,
         top_p=0.9,
         output_dir=str(out / "augmentation"),

@@ -260,3 +260,59 @@ def test_distillation_trainer_augments_inside_train(tmp_path, corpus, gen_tokeni
     assert logits.shape == (len(corpus) + 24, 3) and np.isfinite(logits).all()
     # 114 examples, batch 16: 8 steps in the epoch, all on original plus generated data.
     assert trainer.state.global_step == 8
+
+
+def test_augment_command(tmp_path, corpus, gen_tokenizer, capsys):
+    from datasets import load_from_disk
+
+    from trainer_ext.cli import main
+
+    generator_dir = tmp_path / "gen"
+    tiny_gpt2(gen_tokenizer).save_pretrained(generator_dir)
+    gen_tokenizer.save_pretrained(generator_dir)
+    csv = tmp_path / "train.csv"
+    corpus.to_pandas().assign(label=lambda df: df["label"].map(dict(enumerate(LABELS)))).to_csv(csv, index=False)
+    code = main(
+        [
+            "augment",
+            "--train_data",
+            str(csv),
+            "--generator_name_or_path",
+            str(generator_dir),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--num_samples",
+            "12",
+            "--fine_tune",
+            "false",
+            "--max_new_tokens",
+            "12",
+            "--min_words",
+            "1",
+            "--max_attempts_factor",
+            "30",
+            "--include_original",
+            "true",
+        ]
+    )
+    assert code == 0
+    saved = load_from_disk(str(tmp_path / "out" / "augmented"))
+    assert list(saved["source"]).count("generated") == 12
+    assert "kept 12" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["augment", "--train_data", str(csv)])  # no --output_dir
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_gguf_loads_and_generates():
+    """The real offline generator: GGUF through transformers (needs the gguf package), batched left-padded sampling."""
+    from trainer_ext.assets import smollm2_gguf_path
+    from trainer_ext.augmentation import load_generator
+
+    model, tokenizer = load_generator(str(smollm2_gguf_path()))
+    augmenter = TextGenerationAugmenter(model, tokenizer, make_args())
+    assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
+    augmenter._max_new_tokens = 8
+    texts = augmenter.generate_batch(["negative\t", "positive\t", "a longer prompt here\t"], seed=0)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    assert texts == augmenter.generate_batch(["negative\t", "positive\t", "a longer prompt here\t"], seed=0)

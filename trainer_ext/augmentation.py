@@ -58,6 +58,13 @@ class AugmentationArguments:
         default=None, metadata={"help": "GGUF file name inside generator_name_or_path (needs `pip install gguf`)."}
     )
     separator: str = field(default="\t", metadata={"help": "Separator between the label prompt and the text."})
+    prompt_label_names: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated words used as prompts instead of the dataset's label names, in label order "
+            "(e.g. 'negative,positive' for labels named neg/pos: a word the LM already knows conditions it faster)."
+        },
+    )
     fine_tune: bool = field(
         default=True, metadata={"help": "Fine-tune the generator on 'label<sep>text<eos>' lines; else prompt only."}
     )
@@ -146,10 +153,11 @@ def is_degenerate(text: str, max_ngram_repeats: int = 2, n: int = 3) -> bool:
     return bool(grams) and grams.most_common(1)[0][1] > max_ngram_repeats
 
 
-def clean_generation(text: str, separator: str, eos_token: str | None) -> str:
-    """Cut at end-of-sequence, newline or a new label prompt, and strip."""
-    if eos_token:
-        text = text.split(eos_token, 1)[0]
+def clean_generation(text: str, separator: str, eos_token: str | None, stop_tokens: Sequence[str] = ()) -> str:
+    """Cut at end-of-sequence (or any other special token), newline or a new label prompt, and strip."""
+    for stop in (eos_token, *stop_tokens):
+        if stop:
+            text = text.split(stop, 1)[0]
     text = text.split("\n", 1)[0]
     if separator != " ":  # a tab or "<sep>" inside a sample starts a new label prompt; a space does not
         text = text.split(separator, 1)[0]
@@ -165,7 +173,7 @@ def load_generator(name_or_path: str, gguf_file: str | None = None) -> tuple[Pre
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, torch_dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, **kwargs)
     except ImportError as err:
         raise AugmentationError(
             f"Loading the generator {name_or_path!r}{' / ' + gguf_file if gguf_file else ''} needs a package that is "
@@ -245,7 +253,7 @@ class TextGenerationAugmenter:
         out = Path(args.output_dir) / GENERATOR_DIR if args.output_dir else None
         if out is not None and (out / "config.json").exists():
             logger.warning(f"Reusing the fine-tuned generator in {out}.")
-            self.model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+            self.model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
             return
         data = train_dataset
         if args.fine_tune_max_samples and len(data) > args.fine_tune_max_samples:
@@ -339,8 +347,10 @@ class TextGenerationAugmenter:
         self.model.train(was_training)
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+        # Chat-tuned generators may end with a special token other than the declared eos (SmolLM2's <|im_end|>).
+        stops = [t for t in self.tokenizer.all_special_tokens if t != self.tokenizer.pad_token]
         return [
-            clean_generation(t.replace(self.tokenizer.pad_token, ""), args.separator, self.tokenizer.eos_token)
+            clean_generation(t.replace(self.tokenizer.pad_token, ""), args.separator, self.tokenizer.eos_token, stops)
             for t in texts
         ]
 
@@ -397,14 +407,15 @@ class TextGenerationAugmenter:
         train_labels = [int(y) for y in train_dataset[label_column]]
         self._length_bounds(train_texts)
         start = time.perf_counter()
+        prompt_names = self.prompt_names(label_names)
         if args.fine_tune:
-            self.fine_tune(train_dataset, label_names, text_column, label_column)
+            self.fine_tune(train_dataset, prompt_names, text_column, label_column)
         fine_tune_seconds = time.perf_counter() - start
 
         excluded = {normalize_text(t) for t in train_texts}
         excluded.update(normalize_text(t) for t in (exclude_texts or []))
         targets = self._per_label_targets(train_labels, len(label_names))
-        kept, stats = self._generate_all(label_names, targets, excluded)
+        kept, stats = self._generate_all(label_names, targets, excluded, prompt_names)
         generation_seconds = time.perf_counter() - start - fine_tune_seconds
 
         dataset = Dataset.from_dict(
@@ -430,7 +441,22 @@ class TextGenerationAugmenter:
             os.replace(tmp, path)
         return dataset
 
-    def _generate_all(self, label_names: list[str], targets: list[int], excluded: set[str]):
+    def prompt_names(self, label_names: list[str]) -> list[str]:
+        """The words that stand for each label in the generator's lines: the label names, or prompt_label_names."""
+        if not self.args.prompt_label_names:
+            return list(label_names)
+        names = [n.strip() for n in self.args.prompt_label_names.split(",")]
+        if len(names) != len(label_names) or len(set(names)) != len(names) or not all(names):
+            raise AugmentationError(
+                f"prompt_label_names={self.args.prompt_label_names!r} must give {len(label_names)} distinct words, "
+                f"one per label in order {label_names}."
+            )
+        return names
+
+    def _generate_all(
+        self, label_names: list[str], targets: list[int], excluded: set[str], prompt_names: list[str] | None = None
+    ):
+        prompt_names = prompt_names or label_names
         args = self.args
         shard_dir = Path(args.output_dir) / SHARD_DIR if args.output_dir else None
         reasons = Counter()
@@ -439,6 +465,8 @@ class TextGenerationAugmenter:
         per_label = Counter()
         shard_index = 0
         generated = 0
+        if shard_dir is not None:
+            self._check_manifest(shard_dir, prompt_names, targets)
         # Resume: finished shards are replayed through the same filters, in order, so the result is identical.
         if shard_dir is not None and shard_dir.exists():
             while (shard_dir / f"shard-{shard_index:05d}.parquet").exists():
@@ -464,7 +492,7 @@ class TextGenerationAugmenter:
                 prompt_labels = [lab for lab, c in zip(missing, counts) for _ in range(c)][
                     : args.generation_batch_size
                 ]
-                prompts = [f"{label_names[i]}{args.separator}" for i in prompt_labels]
+                prompts = [f"{prompt_names[i]}{args.separator}" for i in prompt_labels]
                 seed = args.seed * 1_000_003 + shard_index * 10_007 + len(texts)
                 texts += self.generate_batch(prompts, seed=seed)
                 labels += prompt_labels
@@ -495,6 +523,43 @@ class TextGenerationAugmenter:
                 f"(rejections: {dict(reasons)})."
             )
         return kept, stats
+
+    def _check_manifest(self, shard_dir: Path, prompt_names: list[str], targets: list[int]) -> None:
+        """Shards only resume a run with the same sampling settings; anything else would mix two different runs."""
+        args = self.args
+        keys = (
+            "separator",
+            "fine_tune",
+            "fine_tune_epochs",
+            "fine_tune_max_samples",
+            "fine_tune_learning_rate",
+            "freeze_layers",
+            "generation_batch_size",
+            "top_p",
+            "top_k",
+            "temperature",
+            "repetition_penalty",
+            "shard_size",
+            "seed",
+            "generator_name_or_path",
+            "gguf_file",
+        )
+        manifest = {k: getattr(args, k) for k in keys}
+        manifest.update(prompt_names=prompt_names, targets=targets, max_new_tokens=self._max_new_tokens)
+        path = shard_dir / "manifest.json"
+        if path.exists():
+            previous = json.loads(path.read_text())
+            changed = sorted(k for k in set(previous) | set(manifest) if previous.get(k) != manifest.get(k))
+            if changed:
+                raise AugmentationError(
+                    f"{shard_dir} holds shards generated with other settings ({', '.join(changed)} differ). Use a new "
+                    "output_dir, or delete that folder to start over."
+                )
+            return
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name("manifest.json.tmp")
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, path)
 
     def _consider(self, text, label, targets, per_label, seen, excluded, kept, reasons) -> None:
         if per_label[label] >= targets[label]:
