@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -81,7 +82,11 @@ def main() -> None:
     parser.add_argument("--fine-tune-samples", type=int, default=2000)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--throughput-batch-size", type=int, default=48, help="batch of the batched side")
     parser.add_argument("--skip-effect", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--distillation-loss", default="kl")
+    parser.add_argument("--distillation-weight", type=float, default=0.5)
     parser.add_argument("--loop-prompts", type=int, default=8)
     parser.add_argument("--batched-prompts", type=int, default=96)
     cli = parser.parse_args()
@@ -117,18 +122,18 @@ def main() -> None:
     )
     stats = augmenter.stats
 
-    batched_rate, loop_rate, n_b, n_l = throughput(
-        augmenter.model, augmenter.tokenizer, aug_args, label_names, cli.loop_prompts, cli.batched_prompts
-    )
-
-    results = {
-        "stats": stats,
-        "throughput": {
+    results = {"stats": stats}
+    if not cli.skip_throughput:
+        prompt_names = augmenter.prompt_names(label_names)
+        bench_args = dataclasses.replace(aug_args, generation_batch_size=cli.throughput_batch_size)
+        batched_rate, loop_rate, n_b, n_l = throughput(
+            augmenter.model, augmenter.tokenizer, bench_args, prompt_names, cli.loop_prompts, cli.batched_prompts
+        )
+        results["throughput"] = {
             "batched_accepted_per_s": batched_rate,
             "pipeline_loop_accepted_per_s": loop_rate,
             "ratio": batched_rate / loop_rate,
-        },
-    }
+        }
     print("\n== quality (fine-tuned SmolLM2-135M generator, MiniLM teacher relabels) ==")
     print(
         f"generated {stats['generated']}, kept {stats['kept']}, final {stats['final']}, rejected {stats['rejected']}"
@@ -146,17 +151,22 @@ def main() -> None:
         print(f"-- ten samples prompted with '{name}' (teacher label in brackets)")
         for text, label in zip(rows["text"], rows["label"]):
             print(f"   [{label_names[label]}] {text}")
-    print("\n== throughput (same model, same sampling settings) ==")
-    print(
-        f"batched generate (batch {aug_args.generation_batch_size}, KV cache): {batched_rate:.2f} accepted/s "
-        f"({n_b} accepted)"
-    )
-    print(f"one-prompt pipeline('text-generation') loop: {loop_rate:.2f} accepted/s ({n_l} accepted)")
-    print(f"ratio: {batched_rate / loop_rate:.1f}x (target >= 8x)")
+    if not cli.skip_throughput:
+        print("\n== throughput (same model, same sampling settings) ==")
+        print(
+            f"batched generate (batch {bench_args.generation_batch_size}, KV cache): {batched_rate:.2f} accepted/s "
+            f"({n_b} accepted)"
+        )
+        print(f"one-prompt pipeline('text-generation') loop: {loop_rate:.2f} accepted/s ({n_l} accepted)")
+        print(f"ratio: {batched_rate / loop_rate:.1f}x (target >= 8x)")
 
     if not cli.skip_effect:
         del augmenter, model
-        config = DemoConfig(output_dir=str(out / "effect"))
+        config = DemoConfig(
+            output_dir=str(out / f"effect_{cli.distillation_loss}_{cli.distillation_weight}"),
+            distillation_loss=cli.distillation_loss,
+            distillation_weight=cli.distillation_weight,
+        )
         tokenized = _tokenize(data, teacher_tokenizer, config.max_length)
         gen_tok = generated.map(lambda b: teacher_tokenizer(b["text"], truncation=True, max_length=64), batched=True)
         gen_tok = gen_tok.select_columns(tokenized["train"].column_names).cast(tokenized["train"].features)
@@ -178,7 +188,10 @@ def main() -> None:
             }
         rows["teacher"] = {"accuracy": evaluate_accuracy(teacher, tokenized["test"], teacher_tokenizer)}
         results["effect"] = rows
-        print("\n== effect (BERT-Mini-shaped student, KL T=2 + half hard labels, 3 epochs; test split) ==")
+        print(
+            f"\n== effect (BERT-Mini-shaped student, {config.distillation_loss} loss, distillation_weight "
+            f"{config.distillation_weight}, T={config.temperature}, {config.student_epochs:g} epochs; test split) =="
+        )
         for name, row in rows.items():
             print(
                 f"{name:<34} accuracy {100 * row['accuracy']:.2f}%  "

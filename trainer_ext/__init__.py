@@ -4,6 +4,7 @@ __version__ = "0.1.0.dev0"
 
 from .arguments import DistillationTrainingArguments
 from .assets import MissingAssetError, minilm_teacher_path, rotten_tomatoes_corpus_path, smollm2_gguf_path
+from .augmentation import AugmentationArguments, AugmentationError, TextGenerationAugmenter, merge_with_original
 from .data import (
     OFFLINE_DATASET_NAME,
     DataValidationError,
@@ -23,6 +24,10 @@ from .trainer import DistillationError, DistillationTrainer
 
 __all__ = [
     "__version__",
+    "AugmentationArguments",
+    "AugmentationError",
+    "TextGenerationAugmenter",
+    "merge_with_original",
     "DistillationError",
     "DistillationTrainer",
     "DistillationTrainingArguments",
