@@ -1,0 +1,154 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_bert, make_dataset
+from transformers import PretrainedConfig, PreTrainedModel, pipeline
+
+from trainer_ext.quantization import (
+    REPORT_FILE,
+    QuantizationArguments,
+    QuantizationError,
+    _eval_batches,
+    _session_logits,
+    quantize_model,
+)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, tokenizer):
+    model = make_bert(tokenizer, hidden_size=64, num_hidden_layers=2, seed=3)
+    data = make_dataset(tokenizer, n=64)
+    out = tmp_path_factory.mktemp("quant")
+    report = quantize_model(
+        model,
+        tokenizer,
+        data,
+        out,
+        QuantizationArguments(latency_runs=5, max_absolute_drop=1.0),
+        calibration_dataset=data,
+    )
+    return model, data, out, report
+
+
+def test_export_matches_pytorch_and_writes_a_loadable_folder(quantized, tokenizer):
+    model, data, out, report = quantized
+    assert report["export_max_abs_logit_diff"] < 1e-4
+    files = os.listdir(out / "onnx")
+    assert {"model.onnx", "config.json", "tokenizer.json"} <= set(files)
+    saved = json.loads((out / REPORT_FILE).read_text())
+    assert saved["chosen"] == report["chosen"] and len(saved["trials"]) == len(report["trials"])
+    assert not [p for p in os.listdir(out) if p.startswith(".onnx-")]  # no leftover work folder
+    texts = list(data["text"][:8])
+    batches = _eval_batches(tokenizer, texts, 8, 64)
+    with torch.no_grad():
+        expected = model(**{k: torch.from_numpy(v) for k, v in batches[0].items()}).logits.numpy()
+    assert np.allclose(_session_logits(out / "onnx" / "model.onnx", batches), expected, atol=1e-4)
+
+
+def test_every_trial_is_reported_with_measurements(quantized):
+    _, _, _, report = quantized
+    names = [t["name"] for t in report["trials"]]
+    assert "dynamic_per_tensor" in names and "static_minmax_per_tensor" in names
+    built = [t for t in report["trials"] if "latency" in t]
+    assert built and all(t["size_mb"] > 0 and t["latency"]["median_ms"] > 0 for t in built)
+    assert all(t["size_mb"] < report["fp32"]["size_mb"] for t in built)
+
+
+def test_int8_model_loads_in_a_pipeline_and_mostly_agrees(tmp_path, tokenizer):
+    model = make_bert(tokenizer, hidden_size=64, num_hidden_layers=2, seed=3)
+    data = make_dataset(tokenizer, n=64)
+    # On a model this tiny INT8 need not be faster than FP32, so the speed gate is off for this check.
+    args = QuantizationArguments(approach="dynamic", latency_runs=5, max_absolute_drop=1.0, require_speedup=False)
+    report = quantize_model(model, tokenizer, data, tmp_path, args)
+    assert report["chosen"]["name"].startswith("dynamic_")
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    ort = ORTModelForSequenceClassification.from_pretrained(
+        tmp_path, subfolder="onnx", file_name="model_quantized.onnx"
+    )
+    classify = pipeline("text-classification", model=ort, tokenizer=tokenizer)
+    texts = list(data["text"][:32])
+    int8 = [r["label"] for r in classify(texts)]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        fp32 = [model.config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]
+    assert np.mean([a == b for a, b in zip(int8, fp32)]) >= 0.75
+
+
+def test_nothing_passes_the_criterion_falls_back_to_fp32(tmp_path, tokenizer):
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    data = make_dataset(tokenizer, n=32)
+    # A criterion no candidate can meet: accuracy must *rise* by 2 points.
+    report = quantize_model(
+        model,
+        tokenizer,
+        data,
+        tmp_path,
+        QuantizationArguments(approach="dynamic", latency_runs=3, max_absolute_drop=-0.02),
+    )
+    assert report["chosen"]["name"] == "fp32"
+    assert all(t.get("passed") is not True for t in report["trials"])
+    assert not (tmp_path / "onnx" / "model_quantized.onnx").exists()
+    assert (tmp_path / "onnx" / "model.onnx").exists()
+
+
+def test_constructed_failing_candidate_is_rejected(tmp_path, tokenizer, monkeypatch):
+    """The fastest candidate is made to break the criterion; the search must reject it and keep the next one."""
+    import trainer_ext.quantization as q
+
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    data = make_dataset(tokenizer, n=32)
+    real = q._session_logits
+    state = {"broken": None}
+
+    def sabotaged(path, batches):
+        logits = real(path, batches)
+        name = os.path.basename(str(path))
+        if name != "model.onnx" and state["broken"] in (None, name):
+            state["broken"] = name  # the first INT8 candidate evaluated, i.e. the fastest one
+            wrong = 1 - np.asarray(list(data["label"]))  # batches follow the dataset's order
+            return np.eye(2, dtype=np.float32)[wrong]  # every prediction wrong: accuracy 0
+        return logits
+
+    monkeypatch.setattr(q, "_session_logits", sabotaged)
+    args = QuantizationArguments(approach="dynamic", latency_runs=3, max_absolute_drop=0.2, require_speedup=False)
+    report = quantize_model(model, tokenizer, data, tmp_path, args)
+    trials = {t["file"]: t for t in report["trials"]}
+    assert trials[state["broken"]]["passed"] is False
+    assert report["chosen"]["name"] != "fp32" and report["chosen"]["file"] != state["broken"]
+    assert args.within_criterion(0.90, 0.895) and not QuantizationArguments().within_criterion(0.90, 0.88)
+
+
+def test_bad_input_fails_before_export(tmp_path, tokenizer):
+    model = make_bert(tokenizer, seed=3)
+    data = make_dataset(tokenizer, n=16)
+    with pytest.raises(QuantizationError, match="no \\['label'\\] column"):
+        quantize_model(model, tokenizer, data.remove_columns("label"), tmp_path / "a")
+    assert not (tmp_path / "a" / "onnx").exists()
+    with pytest.raises(ValueError, match="approach"):
+        QuantizationArguments(approach="fast")
+    with pytest.raises(ValueError, match="calibration method"):
+        QuantizationArguments(calibration_methods="minmax,kl")
+
+
+class OddConfig(PretrainedConfig):
+    model_type = "trainer_ext_odd"
+
+
+class OddModel(PreTrainedModel):
+    config_class = OddConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.linear = torch.nn.Linear(4, 2)
+
+
+def test_unexportable_model_gets_a_clear_error_and_no_partial_folder(tmp_path, tokenizer):
+    data = make_dataset(tokenizer, n=16)
+    with pytest.raises(QuantizationError, match="cannot export"):
+        quantize_model(OddModel(OddConfig()), tokenizer, data, tmp_path)
+    assert not (tmp_path / "onnx").exists()
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".onnx-")]

@@ -1,0 +1,416 @@
+"""ONNX export and accuracy-aware INT8 quantization through Optimum and ONNX Runtime.
+
+The idea taken from Intel Neural Compressor: try quantization configurations, fastest first by measured latency, and
+keep the fastest whose metric stays within a criterion of the FP32 model's; if none does, keep FP32 and say so.
+Work in progress (issue 4): the sensitivity-driven node exclusion, the TrainerCallback and the CLI come next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import torch
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+REPORT_FILE = "compression_report.json"
+ONNX_SUBFOLDER = "onnx"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model_quantized.onnx"
+APPROACHES = ("auto", "dynamic", "static", "none")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentiles")
+
+
+class QuantizationError(ValueError):
+    """Export or quantization cannot run as asked; the message says how to fix it."""
+
+
+@dataclass
+class QuantizationArguments:
+    """Settings of `quantize_model` and `QuantizationCallback`; each field is also a CLI flag / recipe key."""
+
+    approach: str = field(
+        default="auto",
+        metadata={
+            "help": "'auto' tries dynamic and static configurations (accuracy-aware search), 'dynamic' or 'static' "
+            "restrict the search, 'none' only exports FP32.",
+            "choices": list(APPROACHES),
+        },
+    )
+    per_channel: str = field(
+        default="both", metadata={"help": "Weight quantization granularity to try: 'true', 'false' or 'both'."}
+    )
+    calibration_methods: str = field(
+        default="minmax,entropy,percentiles",
+        metadata={"help": "Static-quantization calibration methods to try (comma-separated)."},
+    )
+    calibration_samples: int = field(default=128, metadata={"help": "Training examples used for calibration."})
+    operators_to_quantize: str | None = field(
+        default=None, metadata={"help": "Comma-separated ONNX operator types to quantize. Default: Optimum's."}
+    )
+    nodes_to_exclude: str | None = field(
+        default=None, metadata={"help": "Comma-separated ONNX node names kept in FP32 in every candidate."}
+    )
+    max_relative_drop: float | None = field(
+        default=0.01, metadata={"help": "Largest accepted metric drop relative to FP32 (0.01 = 1% relative)."}
+    )
+    max_absolute_drop: float | None = field(
+        default=None, metadata={"help": "Largest accepted absolute metric drop; overrides the relative one."}
+    )
+    require_speedup: bool = field(
+        default=True, metadata={"help": "Only keep an INT8 model that is faster than the FP32 ONNX model here."}
+    )
+    max_trials: int = field(default=8, metadata={"help": "Most candidates whose metric is evaluated."})
+    time_budget_s: float = field(default=900.0, metadata={"help": "Stop trying candidates after this many seconds."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many examples."})
+    sequence_length: int = field(default=64, metadata={"help": "Fixed length for latency measurements."})
+    latency_runs: int = field(default=100, metadata={"help": "Timed batch-1 runs per candidate (after warm-up)."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size for metric evaluation."})
+
+    def __post_init__(self) -> None:
+        if self.approach not in APPROACHES:
+            raise ValueError(f"approach must be one of {APPROACHES}, got {self.approach!r}.")
+        if self.per_channel not in ("true", "false", "both"):
+            raise ValueError(f"per_channel must be 'true', 'false' or 'both', got {self.per_channel!r}.")
+        unknown = set(self._list(self.calibration_methods)) - set(CALIBRATION_METHODS)
+        if unknown:
+            raise ValueError(f"Unknown calibration method(s) {sorted(unknown)}; choose from {CALIBRATION_METHODS}.")
+        if self.max_relative_drop is None and self.max_absolute_drop is None:
+            raise ValueError("Set max_relative_drop or max_absolute_drop: the search needs an accuracy criterion.")
+        if self.max_trials < 1 or self.latency_runs < 1 or self.calibration_samples < 1:
+            raise ValueError("max_trials, latency_runs and calibration_samples must be >= 1.")
+
+    @staticmethod
+    def _list(value: str | None) -> list[str]:
+        return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+    def within_criterion(self, baseline: float, value: float) -> bool:
+        drop = baseline - value
+        if self.max_absolute_drop is not None:
+            return drop <= self.max_absolute_drop + 1e-12
+        return drop <= self.max_relative_drop * abs(baseline) + 1e-12
+
+
+# ------------------------------------------------------------------------------------------------- measurements
+def onnx_latency_ms(model_path: str | os.PathLike, inputs: dict[str, np.ndarray], runs: int, warmup: int = 10) -> dict:
+    """Median and p90 batch-1 latency of a raw ONNX Runtime session (tokenization excluded)."""
+    options = onnxruntime.SessionOptions()
+    session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    feed = {k: v for k, v in inputs.items() if k in names}
+    for _ in range(warmup):
+        session.run(None, feed)
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return {"median_ms": statistics.median(timings), "p90_ms": float(np.percentile(timings, 90)), "runs": runs}
+
+
+def _session_logits(model_path: str | os.PathLike, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    return np.concatenate([session.run(["logits"], {k: v for k, v in b.items() if k in names})[0] for b in batches])
+
+
+def _eval_batches(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int, max_length: int
+) -> list[dict[str, np.ndarray]]:
+    batches = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"
+        )
+        batches.append({k: v.astype(np.int64) for k, v in enc.items()})
+    return batches
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(-1) == labels).mean())
+
+
+# ----------------------------------------------------------------------------------------------------- pipeline
+def _check_eval_dataset(eval_dataset: Any, text_column: str, label_column: str) -> None:
+    columns = getattr(eval_dataset, "column_names", None)
+    if columns is None or len(eval_dataset) == 0:
+        raise QuantizationError(
+            "The evaluation set is empty or not a datasets.Dataset; the search needs labelled data."
+        )
+    missing = [c for c in (text_column, label_column) if c not in columns]
+    if missing:
+        raise QuantizationError(
+            f"The evaluation set has no {missing} column(s) (it has {columns}). Quantization keeps accuracy in check "
+            "by measuring it, so pass labelled data with raw text."
+        )
+
+
+def export_onnx(model_dir: str | os.PathLike, save_dir: str | os.PathLike) -> Path:
+    """Export a saved text-classification model with Optimum; raise a clear error for unsupported architectures."""
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    try:
+        ort_model = ORTModelForSequenceClassification.from_pretrained(model_dir, export=True)
+    except (ValueError, KeyError, NotImplementedError) as err:
+        config = (
+            json.loads((Path(model_dir) / "config.json").read_text())
+            if (Path(model_dir) / "config.json").exists()
+            else {}
+        )
+        raise QuantizationError(
+            f"Optimum cannot export this model to ONNX (model_type={config.get('model_type')!r}, architectures="
+            f"{config.get('architectures')}): {err}. Use an architecture Optimum supports (BERT, RoBERTa, "
+            "DistilBERT, ...) or export it yourself and pass the folder."
+        ) from err
+    ort_model.save_pretrained(save_dir)
+    return Path(save_dir) / FP32_FILE
+
+
+def quantize_model(
+    model_or_dir: PreTrainedModel | str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_dataset: Any,
+    output_dir: str | os.PathLike,
+    args: QuantizationArguments | None = None,
+    *,
+    calibration_dataset: Any = None,
+    text_column: str = "text",
+    label_column: str = "label",
+) -> dict[str, Any]:
+    """Export to ONNX, try INT8 candidates fastest first, keep the fastest within the accuracy criterion.
+
+    Writes `<output_dir>/onnx/` (model.onnx, model_quantized.onnx when one passes, config and tokenizer) and
+    `<output_dir>/compression_report.json`; returns the report. The `onnx/` folder is built in a temporary folder
+    and moved into place only when complete, so a failure never leaves a partial one.
+    """
+    args = args or QuantizationArguments()
+    _check_eval_dataset(eval_dataset, text_column, label_column)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(output_dir, os.W_OK):
+        raise QuantizationError(f"Cannot write to {output_dir}; pass a writable output directory.")
+    if eval_dataset is not None and args.max_eval_samples:
+        eval_dataset = eval_dataset.select(range(min(args.max_eval_samples, len(eval_dataset))))
+    start = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix=".onnx-", dir=output_dir))
+    try:
+        report = _search(
+            model_or_dir, tokenizer, eval_dataset, work, args, calibration_dataset, text_column, label_column
+        )
+        final = output_dir / ONNX_SUBFOLDER
+        staged = work / "final"
+        staged.mkdir()
+        for name in os.listdir(work / "export"):
+            if name.endswith(".onnx") and name != FP32_FILE:
+                continue
+            shutil.copy2(work / "export" / name, staged / name)
+        if report["chosen"]["name"] != "fp32":
+            shutil.copy2(work / "candidates" / report["chosen"]["file"], staged / INT8_FILE)
+        tokenizer.save_pretrained(staged)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staged, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["seconds"] = time.perf_counter() - start
+    tmp = output_dir / (REPORT_FILE + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=str))
+    os.replace(tmp, output_dir / REPORT_FILE)
+    return report
+
+
+def _search(
+    model_or_dir,
+    tokenizer,
+    eval_dataset,
+    work: Path,
+    args: QuantizationArguments,
+    calibration_dataset,
+    text_column: str,
+    label_column: str,
+) -> dict[str, Any]:
+    if isinstance(model_or_dir, (str, os.PathLike)):
+        model_dir = Path(model_or_dir)
+        torch_model = AutoModelForSequenceClassification.from_pretrained(model_dir)
+    else:
+        torch_model = model_or_dir
+        model_dir = work / "torch"
+        torch_model.save_pretrained(model_dir)
+    export_dir = work / "export"
+    fp32_path = export_onnx(model_dir, export_dir)
+
+    texts = [str(t) for t in eval_dataset[text_column]]
+    labels = np.asarray(list(eval_dataset[label_column]))
+    batches = _eval_batches(tokenizer, texts, args.eval_batch_size, args.sequence_length)
+    # Export check: ONNX logits against PyTorch on the same batches.
+    torch_model.eval()
+    with torch.no_grad():
+        torch_logits = np.concatenate(
+            [torch_model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy() for b in batches]
+        )
+    fp32_logits = _session_logits(fp32_path, batches)
+    max_diff = float(np.abs(fp32_logits - torch_logits).max())
+    fixed = tokenizer(
+        texts[:1], padding="max_length", truncation=True, max_length=args.sequence_length, return_tensors="np"
+    )
+    fixed = {k: v.astype(np.int64) for k, v in fixed.items()}
+    baseline = accuracy(fp32_logits, labels)
+    fp32_latency = onnx_latency_ms(fp32_path, fixed, args.latency_runs)
+    report: dict[str, Any] = {
+        "metric": "accuracy",
+        "eval_examples": len(texts),
+        "pytorch_accuracy": accuracy(torch_logits, labels),
+        "export_max_abs_logit_diff": max_diff,
+        "fp32": {"accuracy": baseline, "latency": fp32_latency, "size_mb": fp32_path.stat().st_size / 1e6},
+        "criterion": {"max_relative_drop": args.max_relative_drop, "max_absolute_drop": args.max_absolute_drop},
+        "args": asdict(args),
+        "trials": [],
+    }
+    candidates = _candidates(args, calibration_dataset is not None)
+    if args.approach in ("static", "auto") and calibration_dataset is None:
+        report["notes"] = ["static quantization skipped: no calibration_dataset was given"]
+    cand_dir = work / "candidates"
+    cand_dir.mkdir()
+    calibration_cache: dict[str, Any] = {}
+    failed = []
+    for candidate in candidates:
+        try:
+            _build_candidate(
+                candidate, export_dir, cand_dir, args, calibration_dataset, tokenizer, text_column, calibration_cache
+            )
+        except (ValueError, RuntimeError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as err:
+            # One configuration failing (say, a calibration method on degenerate activations) is a trial result.
+            candidate["status"] = f"failed: {type(err).__name__}: {err}"
+            failed.append(candidate)
+            continue
+        candidate["latency"] = onnx_latency_ms(cand_dir / candidate["file"], fixed, args.latency_runs)
+    candidates = [c for c in candidates if c not in failed]
+    # Fastest first: the first candidate within the criterion is the fastest acceptable one.
+    candidates.sort(key=lambda c: c["latency"]["median_ms"])
+    chosen = None
+    search_start = time.perf_counter()
+    evaluated = 0
+    for candidate in candidates:
+        if chosen is not None:
+            candidate["status"] = "not evaluated (a faster candidate passed)"
+            continue
+        if args.require_speedup and candidate["latency"]["median_ms"] >= fp32_latency["median_ms"]:
+            # INT8 that is not faster than FP32 on this CPU is no gain (the reference's ONNX Runtime INT8 was slower).
+            candidate["status"] = "not evaluated (not faster than FP32)"
+            continue
+        if evaluated >= args.max_trials or time.perf_counter() - search_start > args.time_budget_s:
+            candidate["status"] = "not evaluated (trial or time budget)"
+            continue
+        evaluated += 1
+        value = accuracy(_session_logits(cand_dir / candidate["file"], batches), labels)
+        candidate["accuracy"] = value
+        candidate["passed"] = args.within_criterion(baseline, value)
+        candidate["status"] = "evaluated"
+        if candidate["passed"]:
+            chosen = candidate
+    report["trials"] = candidates + failed
+    if chosen is None:
+        report["chosen"] = {
+            "name": "fp32",
+            "reason": "no INT8 candidate was faster than FP32 and met the accuracy criterion"
+            if candidates
+            else "quantization disabled",
+        }
+        logger.warning(f"Kept the FP32 ONNX model: {report['chosen']['reason']}.")
+    else:
+        report["chosen"] = {
+            "name": chosen["name"],
+            "file": chosen["file"],
+            "accuracy": chosen["accuracy"],
+            "latency": chosen["latency"],
+            "size_mb": chosen["size_mb"],
+            "speedup_vs_fp32": fp32_latency["median_ms"] / chosen["latency"]["median_ms"],
+        }
+    return report
+
+
+def _build_candidate(
+    candidate, export_dir, cand_dir, args, calibration_dataset, tokenizer, text_column, calibration_cache
+) -> None:
+    from optimum.onnxruntime import ORTQuantizer
+    from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
+
+    quantizer = ORTQuantizer.from_pretrained(export_dir, file_name=FP32_FILE)
+    qconfig = AutoQuantizationConfig.avx2(
+        is_static=candidate["static"],
+        per_channel=candidate["per_channel"],
+        operators_to_quantize=args._list(args.operators_to_quantize) or None,
+        nodes_to_exclude=args._list(args.nodes_to_exclude) or None,
+    )
+    ranges = None
+    if candidate["static"]:
+        method = candidate["calibration"]
+        if method not in calibration_cache:
+            calib = _calibration_set(calibration_dataset, tokenizer, args, text_column)
+            config = getattr(AutoCalibrationConfig, method)(calib)
+            calibration_cache[method] = quantizer.fit(
+                dataset=calib,
+                calibration_config=config,
+                operators_to_quantize=qconfig.operators_to_quantize,
+                onnx_augmented_model_name=str(cand_dir / f"augmented_{method}.onnx"),
+            )
+        ranges = calibration_cache[method]
+    quantizer.quantize(
+        quantization_config=qconfig, save_dir=cand_dir, file_suffix=candidate["name"], calibration_tensors_range=ranges
+    )
+    onnx_file = cand_dir / f"model_{candidate['name']}.onnx"
+    candidate.update(file=onnx_file.name, size_mb=onnx_file.stat().st_size / 1e6)
+
+
+def _candidates(args: QuantizationArguments, have_calibration: bool) -> list[dict[str, Any]]:
+    if args.approach == "none":
+        return []
+    channels = {"true": [True], "false": [False], "both": [False, True]}[args.per_channel]
+    out = []
+    if args.approach in ("auto", "dynamic"):
+        out += [
+            {
+                "name": f"dynamic_{'per_channel' if pc else 'per_tensor'}",
+                "static": False,
+                "per_channel": pc,
+                "calibration": None,
+            }
+            for pc in channels
+        ]
+    if args.approach in ("auto", "static") and have_calibration:
+        out += [
+            {
+                "name": f"static_{m}_{'per_channel' if pc else 'per_tensor'}",
+                "static": True,
+                "per_channel": pc,
+                "calibration": m,
+            }
+            for m in args._list(args.calibration_methods)
+            for pc in channels
+        ]
+    if args.approach == "static" and not have_calibration:
+        raise QuantizationError("approach='static' needs calibration_dataset= (a few hundred training examples).")
+    return out
+
+
+def _calibration_set(
+    dataset: Any, tokenizer: PreTrainedTokenizerBase, args: QuantizationArguments, text_column: str
+) -> Any:
+    data = dataset.select(range(min(args.calibration_samples, len(dataset))))
+    return data.map(
+        lambda b: tokenizer(b[text_column], padding="max_length", truncation=True, max_length=args.sequence_length),
+        batched=True,
+        remove_columns=data.column_names,
+    )
