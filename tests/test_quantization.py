@@ -152,3 +152,35 @@ def test_unexportable_model_gets_a_clear_error_and_no_partial_folder(tmp_path, t
         quantize_model(OddModel(OddConfig()), tokenizer, data, tmp_path)
     assert not (tmp_path / "onnx").exists()
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".onnx-")]
+
+
+def test_callback_quantizes_at_the_end_of_training(tmp_path, tokenizer):
+    from trainer_ext import DistillationTrainer, DistillationTrainingArguments
+    from trainer_ext.callbacks import QuantizationCallback
+
+    data = make_dataset(tokenizer, n=32)
+    with pytest.raises(QuantizationError, match="label"):
+        QuantizationCallback(eval_dataset=data.remove_columns("label"))
+    callback = QuantizationCallback(
+        eval_dataset=data,
+        args=QuantizationArguments(approach="dynamic", latency_runs=3, require_speedup=False, max_absolute_drop=1.0),
+    )
+    trainer = DistillationTrainer(
+        model=make_bert(tokenizer, hidden_size=64, seed=3),
+        args=DistillationTrainingArguments(
+            output_dir=str(tmp_path),
+            num_train_epochs=1,
+            report_to="none",
+            save_strategy="no",
+            per_device_train_batch_size=16,
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+        ),
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    trainer.train()
+    assert callback.report is not None and callback.report["chosen"]["name"].startswith("dynamic_")
+    assert (tmp_path / "onnx" / "model_quantized.onnx").exists()
+    assert json.loads((tmp_path / REPORT_FILE).read_text())["chosen"] == callback.report["chosen"]
