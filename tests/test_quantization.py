@@ -184,3 +184,37 @@ def test_callback_quantizes_at_the_end_of_training(tmp_path, tokenizer):
     assert callback.report is not None and callback.report["chosen"]["name"].startswith("dynamic_")
     assert (tmp_path / "onnx" / "model_quantized.onnx").exists()
     assert json.loads((tmp_path / REPORT_FILE).read_text())["chosen"] == callback.report["chosen"]
+
+
+def test_quantize_command(tmp_path, tokenizer, capsys):
+    from trainer_ext.cli import main
+
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = make_dataset(tokenizer, n=60).select_columns(["text", "label"])
+    data.to_pandas().assign(label=lambda df: df["label"].map({0: "neg", 1: "pos"})).to_csv(
+        tmp_path / "d.csv", index=False
+    )
+    code = main(
+        [
+            "quantize",
+            str(tmp_path / "model"),
+            "--eval_data",
+            str(tmp_path / "d.csv"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--approach",
+            "dynamic",
+            "--latency_runs",
+            "3",
+            "--optimization_levels",
+            "0",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "dynamic_per_tensor" in out and "chosen:" in out
+    assert (tmp_path / "out" / "onnx" / "model.onnx").exists()
+    with pytest.raises(SystemExit):
+        main(["quantize", str(tmp_path / "model")])

@@ -5,6 +5,7 @@ __version__ = "0.1.0.dev0"
 from .arguments import DistillationTrainingArguments
 from .assets import MissingAssetError, minilm_teacher_path, rotten_tomatoes_corpus_path, smollm2_gguf_path
 from .augmentation import AugmentationArguments, AugmentationError, TextGenerationAugmenter, merge_with_original
+from .callbacks import QuantizationCallback
 from .data import (
     OFFLINE_DATASET_NAME,
     DataValidationError,
@@ -18,6 +19,7 @@ from .losses import (
     logit_mse_loss,
     soft_cross_entropy_loss,
 )
+from .quantization import QuantizationArguments, QuantizationError, quantize_model
 from .students import STUDENT_PRESETS, build_student, count_parameters
 from .teacher import TeacherLogitsCache, compute_teacher_logits
 from .trainer import DistillationError, DistillationTrainer
@@ -34,6 +36,9 @@ __all__ = [
     "DataValidationError",
     "MissingAssetError",
     "OFFLINE_DATASET_NAME",
+    "QuantizationArguments",
+    "QuantizationCallback",
+    "QuantizationError",
     "STUDENT_PRESETS",
     "TeacherLogitsCache",
     "build_student",
@@ -44,6 +49,7 @@ __all__ = [
     "kl_divergence_loss",
     "load_text_classification_dataset",
     "minilm_teacher_path",
+    "quantize_model",
     "rotten_tomatoes_corpus_path",
     "smollm2_gguf_path",
     "validate_text_classification_dataset",

@@ -80,9 +80,66 @@ def _augment(argv: list[str]) -> int:
     return 0
 
 
+def _quantize(argv: list[str]) -> int:
+    from dataclasses import dataclass, field
+
+    from transformers import AutoTokenizer, HfArgumentParser
+    from transformers.utils import logging as hf_logging
+
+    from .data import load_text_classification_dataset
+    from .quantization import QuantizationArguments, quantize_model
+
+    @dataclass
+    class QuantizeInputs:
+        model_dir: str = field(metadata={"help": "Folder of a saved text-classification model and its tokenizer."})
+        eval_data: str = field(
+            default="rotten_tomatoes_offline",
+            metadata={"help": "Labelled data for the accuracy check: a dataset name, Hub id or local file/folder."},
+        )
+        eval_split: str = field(default="validation", metadata={"help": "Split the search measures accuracy on."})
+        output_dir: str | None = field(default=None, metadata={"help": "Where onnx/ and the report go (required)."})
+
+    parser = HfArgumentParser((QuantizeInputs, QuantizationArguments), prog="trainer-ext quantize MODEL_DIR")
+    if argv and not argv[0].startswith("-"):
+        argv = ["--model_dir", *argv]  # MODEL_DIR is positional on the command line
+    inputs, qargs, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}")
+    if not inputs.output_dir:
+        parser.error("--output_dir is required")
+    hf_logging.set_verbosity_warning()
+    data = load_text_classification_dataset(inputs.eval_data)
+    if inputs.eval_split not in data:
+        parser.error(f"--eval_split {inputs.eval_split!r} not in the data's splits {list(data)}")
+    tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
+    report = quantize_model(
+        inputs.model_dir,
+        tokenizer,
+        data[inputs.eval_split],
+        inputs.output_dir,
+        qargs,
+        calibration_dataset=data["train"],
+    )
+    fp32 = report["fp32"]
+    print(
+        f"FP32 ONNX: accuracy {100 * fp32['accuracy']:.2f}%, {fp32['latency']['median_ms']:.2f} ms, "
+        f"{fp32['size_mb']:.1f} MB (optimisation level {fp32['optimization_level']}); export max |diff| "
+        f"{report['export_max_abs_logit_diff']:.2e}"
+    )
+    for trial in report["trials"]:
+        acc = f"{100 * trial['accuracy']:.2f}%" if "accuracy" in trial else "-"
+        lat = f"{trial['latency']['median_ms']:.2f} ms" if "latency" in trial else "-"
+        print(f"  {trial['name']:<32} {acc:>8} {lat:>10}  {trial.get('status', '')}")
+    print(f"chosen: {report['chosen']['name']} {report['chosen'].get('reason', '')}")
+    print(f"wrote {inputs.output_dir}/onnx and {inputs.output_dir}/compression_report.json")
+    return 0
+
+
 _COMMANDS = {
     "augment": "Fine-tune a causal LM on 'label<sep>text' lines, generate new labelled sentences, filter them and "
     "relabel them with a teacher; saves a datasets folder.",
+    "quantize": "Export a saved classifier to ONNX and keep the fastest INT8 configuration whose accuracy stays within "
+    "the criterion (accuracy-aware search through Optimum and ONNX Runtime).",
     "demo": "Fine-tune the packaged MiniLM teacher on the built-in offline movie-review data, train a BERT-Mini-shaped "
     "student with and without distillation, and print accuracy, size and latency of all three.",
 }
@@ -104,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(sorted(_COMMANDS))}")
-    return {"demo": _demo, "augment": _augment}[command](rest)
+    return {"demo": _demo, "augment": _augment, "quantize": _quantize}[command](rest)
 
 
 def _version() -> str:
