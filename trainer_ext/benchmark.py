@@ -86,3 +86,105 @@ def model_size_mb(model: torch.nn.Module) -> float:
 
 def describe_model(model: PreTrainedModel) -> dict[str, Any]:
     return {"parameters": count_parameters(model), "size_mb": round(model_size_mb(model), 2)}
+
+
+# ------------------------------------------------------------------------------------------------- full profiles
+def _timed(fn, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    timings = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        timings.append((time.perf_counter() - start) * 1000.0)
+    return timings
+
+
+def _summary(timings: list[float]) -> dict[str, float]:
+    return {"median_ms": statistics.median(timings), "p90_ms": float(np.percentile(timings, 90))}
+
+
+def profile_model(
+    run: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    *,
+    tensor_type: str,
+    sequence_length: int = 64,
+    runs: int = 100,
+    warmup: int = 10,
+    throughput_batch: int = 32,
+    size_bytes: int | None = None,
+) -> dict[str, Any]:
+    """Latency and throughput of `run(**encoded_inputs)` (a PyTorch model or an ONNX Runtime session wrapper).
+
+    - `latency_fixed`: batch 1 padded to `sequence_length` (the reference's setting), tokenization excluded;
+    - `latency_real`: batch 1 at each sentence's own length (cycling through `texts`), tokenization excluded;
+    - `latency_end_to_end`: tokenization included, real lengths;
+    - `throughput`: sentences per second at batch `throughput_batch`, padded to the longest in the batch.
+    """
+
+    def encode(batch: list[str], fixed: bool) -> dict[str, Any]:
+        enc = tokenizer(
+            batch,
+            padding="max_length" if fixed else True,
+            truncation=True,
+            max_length=sequence_length,
+            return_tensors=tensor_type,
+        )
+        return {k: (v.astype(np.int64) if tensor_type == "np" else v) for k, v in enc.items()}
+
+    fixed = encode(texts[:1], fixed=True)
+    real = [encode([t], fixed=False) for t in texts[:runs]]
+    cursor = {"i": 0}
+
+    def next_real():
+        cursor["i"] = (cursor["i"] + 1) % len(real)
+        return real[cursor["i"]]
+
+    def end_to_end():
+        cursor["i"] = (cursor["i"] + 1) % len(texts)
+        run(**encode([texts[cursor["i"]]], fixed=False))
+
+    batches = [encode(texts[i : i + throughput_batch], fixed=False) for i in range(0, len(texts), throughput_batch)]
+    batches = [b for b in batches if len(next(iter(b.values()))) == throughput_batch][:4] or batches[:1]
+    start = time.perf_counter()
+    for batch in batches:
+        run(**batch)
+    seconds = time.perf_counter() - start
+    return {
+        "latency_fixed": _summary(_timed(lambda: run(**fixed), runs, warmup)),
+        "latency_real": _summary(_timed(lambda: run(**next_real()), runs, warmup)),
+        "latency_end_to_end": _summary(_timed(end_to_end, runs, warmup)),
+        "throughput_per_s": sum(len(next(iter(b.values()))) for b in batches) / seconds,
+        "sequence_length": sequence_length,
+        "num_threads": torch.get_num_threads(),
+        "size_mb": None if size_bytes is None else size_bytes / 1e6,
+    }
+
+
+def profile_pytorch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], **kwargs) -> dict:
+    model.eval()
+
+    @torch.inference_mode()
+    def run(**inputs):
+        return model(**inputs)
+
+    size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+    return profile_model(run, tokenizer, texts, tensor_type="pt", size_bytes=size, **kwargs)
+
+
+def profile_onnx(path: str, tokenizer: PreTrainedTokenizerBase, texts: list[str], **kwargs) -> dict:
+    import os
+
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+
+    def run(**inputs):
+        return session.run(None, {k: v for k, v in inputs.items() if k in names})
+
+    result = profile_model(run, tokenizer, texts, tensor_type="np", size_bytes=os.path.getsize(path), **kwargs)
+    result["intra_op_threads"] = session.get_session_options().intra_op_num_threads
+    return result

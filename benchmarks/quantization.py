@@ -1,0 +1,120 @@
+"""Side-by-side latency of the reference's models and ours, one run, same sentences, batch 1, length 64.
+
+BERT-Base-shaped PyTorch FP32 and ONNX INT8 (random weights: latency does not depend on them), the teacher in
+PyTorch FP32, and the distilled student in PyTorch FP32, ONNX FP32 and ONNX INT8 (the accuracy-aware search's choice).
+
+    python benchmarks/quantization.py --teacher outputs/demo/teacher --student outputs/demo/student_distilled
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertForSequenceClassification,
+)
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from trainer_ext.benchmark import profile_onnx, profile_pytorch  # noqa: E402
+from trainer_ext.data import load_offline_rotten_tomatoes  # noqa: E402
+from trainer_ext.quantization import QuantizationArguments, quantize_model  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="outputs/demo/teacher")
+    parser.add_argument("--student", default="outputs/demo/student_distilled")
+    parser.add_argument("--output-dir", default="outputs/bench_quantization")
+    parser.add_argument("--runs", type=int, default=100)
+    cli = parser.parse_args()
+    hf_logging.set_verbosity_error()
+    out = Path(cli.output_dir)
+    data = load_offline_rotten_tomatoes()
+    texts = list(data["test"]["text"])
+    tokenizer = AutoTokenizer.from_pretrained(cli.student)
+    kwargs = {"runs": cli.runs}
+    rows = {}
+
+    # The reference's baseline shape, random weights, the same vocabulary as ours.
+    base = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2)).eval()
+    rows["BERT-Base-shaped PyTorch FP32"] = profile_pytorch(base, tokenizer, texts, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        base.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # Random weights make accuracy meaningless: take the dynamic per-tensor INT8 without an accuracy gate.
+        report = quantize_model(
+            tmp,
+            tokenizer,
+            data["validation"].select(range(64)),
+            out / "bert_base",
+            QuantizationArguments(
+                approach="dynamic",
+                per_channel="false",
+                max_absolute_drop=1.0,
+                require_speedup=False,
+                latency_runs=10,
+                optimization_levels="0",
+            ),
+        )
+    rows["BERT-Base-shaped ONNX INT8 (dynamic)"] = profile_onnx(
+        out / "bert_base" / "onnx" / "model_quantized.onnx", tokenizer, texts, **kwargs
+    )
+    teacher = AutoModelForSequenceClassification.from_pretrained(cli.teacher)
+    rows["teacher PyTorch FP32"] = profile_pytorch(teacher, tokenizer, texts, **kwargs)
+    student = AutoModelForSequenceClassification.from_pretrained(cli.student)
+    rows["student PyTorch FP32"] = profile_pytorch(student, tokenizer, texts, **kwargs)
+    report = quantize_model(
+        cli.student,
+        tokenizer,
+        data["validation"],
+        out / "student",
+        QuantizationArguments(),
+        calibration_dataset=data["train"],
+    )
+    rows["student ONNX FP32"] = profile_onnx(out / "student" / "onnx" / "model.onnx", tokenizer, texts, **kwargs)
+    int8 = out / "student" / "onnx" / "model_quantized.onnx"
+    if int8.exists():
+        rows[f"student ONNX INT8 ({report['chosen']['name']})"] = profile_onnx(int8, tokenizer, texts, **kwargs)
+
+    ref = rows["BERT-Base-shaped PyTorch FP32"]["latency_fixed"]["median_ms"]
+    print(f"batch 1, length 64, median of {cli.runs} runs, {rows['student PyTorch FP32']['num_threads']} threads")
+    print(
+        f"{'model':<48} {'ms (64)':>8} {'p90':>7} {'ms (real)':>9} {'e2e ms':>7} {'sent/s@32':>9} {'MB':>7} {'vs Base':>8}"
+    )
+    for name, row in rows.items():
+        ms = row["latency_fixed"]["median_ms"]
+        print(
+            f"{name:<48} {ms:>8.2f} {row['latency_fixed']['p90_ms']:>7.2f} {row['latency_real']['median_ms']:>9.2f} "
+            f"{row['latency_end_to_end']['median_ms']:>7.2f} {row['throughput_per_s']:>9.1f} "
+            f"{row['size_mb']:>7.1f} {ref / ms:>7.1f}x"
+        )
+    names = list(rows)
+    student_int8 = next((n for n in names if n.startswith("student ONNX INT8")), None)
+    if student_int8:
+        s8 = rows[student_int8]["latency_fixed"]["median_ms"]
+        print(f"student INT8 vs BERT-Base PyTorch FP32: {ref / s8:.1f}x (target >= 40x; reference 16.47x)")
+        b8 = rows["BERT-Base-shaped ONNX INT8 (dynamic)"]["latency_fixed"]["median_ms"]
+        print(f"student INT8 vs BERT-Base ONNX INT8: {b8 / s8:.1f}x (target >= 15x; reference 8.77x)")
+        s32 = rows["student ONNX FP32"]["latency_fixed"]["median_ms"]
+        print(f"student INT8 vs its own ONNX FP32: {s32 / s8:.2f}x (target >= 1.5x)")
+    else:
+        print(f"no INT8 student kept: {report['chosen']}")
+    fp32 = report["fp32"]
+    print(
+        f"student accuracy (validation): ONNX FP32 {100 * fp32['accuracy']:.2f}%, chosen "
+        f"{report['chosen']['name']} {100 * report['chosen'].get('accuracy', fp32['accuracy']):.2f}%"
+    )
+    (out / "results.json").write_text(json.dumps({"rows": rows, "student_report": report}, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
