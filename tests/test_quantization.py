@@ -63,7 +63,7 @@ def test_int8_model_loads_in_a_pipeline_and_mostly_agrees(tmp_path, tokenizer):
     # On a model this tiny INT8 need not be faster than FP32, so the speed gate is off for this check.
     args = QuantizationArguments(approach="dynamic", latency_runs=5, max_absolute_drop=1.0, require_speedup=False)
     report = quantize_model(model, tokenizer, data, tmp_path, args)
-    assert report["chosen"]["name"].startswith("dynamic_")
+    assert "dynamic" in report["chosen"]["name"]
     from optimum.onnxruntime import ORTModelForSequenceClassification
 
     ort = ORTModelForSequenceClassification.from_pretrained(
@@ -181,7 +181,7 @@ def test_callback_quantizes_at_the_end_of_training(tmp_path, tokenizer):
         callbacks=[callback],
     )
     trainer.train()
-    assert callback.report is not None and callback.report["chosen"]["name"].startswith("dynamic_")
+    assert callback.report is not None and "dynamic" in callback.report["chosen"]["name"]
     assert (tmp_path / "onnx" / "model_quantized.onnx").exists()
     assert json.loads((tmp_path / REPORT_FILE).read_text())["chosen"] == callback.report["chosen"]
 

@@ -278,6 +278,7 @@ def _search(
     fp32_latency = onnx_latency_ms(fp32_path, fixed, args.latency_runs)
     optimization = {"0": fp32_latency["median_ms"]}
     best_level, fp32_best = "0", fp32_path
+    optimized_graphs: dict[str, Path] = {}
     for level in args._list(args.optimization_levels):
         if level == "0":
             continue
@@ -285,6 +286,7 @@ def _search(
         if optimized is None:
             optimization[level] = "failed"
             continue
+        optimized_graphs[level] = optimized
         latency = onnx_latency_ms(optimized, fixed, args.latency_runs)
         optimization[level] = latency["median_ms"]
         if latency["median_ms"] < fp32_latency["median_ms"]:
@@ -306,7 +308,7 @@ def _search(
         "args": asdict(args),
         "trials": [],
     }
-    candidates = _candidates(args, calibration_dataset is not None)
+    candidates = _candidates(args, calibration_dataset is not None, sorted(optimized_graphs))
     if args.approach in ("static", "auto") and calibration_dataset is None:
         report["notes"] = ["static quantization skipped: no calibration_dataset was given"]
     cand_dir = work / "candidates"
@@ -315,9 +317,19 @@ def _search(
     failed = []
     for candidate in candidates:
         try:
-            _build_candidate(
-                candidate, export_dir, cand_dir, args, calibration_dataset, tokenizer, text_column, calibration_cache
-            )
+            if candidate.get("graph_level"):
+                _build_optimized_dynamic(candidate, optimized_graphs[candidate["graph_level"]], cand_dir, args)
+            else:
+                _build_candidate(
+                    candidate,
+                    export_dir,
+                    cand_dir,
+                    args,
+                    calibration_dataset,
+                    tokenizer,
+                    text_column,
+                    calibration_cache,
+                )
         except (ValueError, RuntimeError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as err:
             # One configuration failing (say, a calibration method on degenerate activations) is a trial result.
             candidate["status"] = f"failed: {type(err).__name__}: {err}"
@@ -417,12 +429,48 @@ def _build_candidate(
     candidate.update(file=onnx_file.name, size_mb=onnx_file.stat().st_size / 1e6)
 
 
-def _candidates(args: QuantizationArguments, have_calibration: bool) -> list[dict[str, Any]]:
+def _build_optimized_dynamic(candidate: dict, graph: Path, cand_dir: Path, args: QuantizationArguments) -> None:
+    """Dynamic INT8 of an ORTOptimizer-fused graph, through ONNX Runtime's quantizer.
+
+    Optimum's ORTQuantizer cannot pass ONNX Runtime's `DefaultTensorType` option, without which the fused graph's
+    contrib ops fail type inference. Signed INT8 weights: on this AVX2 CPU (no VNNI) u8 activations x s8 weights was
+    measured 1.6x faster than u8 x u8 for the same graph.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = cand_dir / f"model_{candidate['name']}.onnx"
+    quantize_dynamic(
+        model_input=str(graph),
+        model_output=str(target),
+        per_channel=candidate["per_channel"],
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=args._list(args.operators_to_quantize) or None,
+        nodes_to_exclude=args._list(args.nodes_to_exclude) or None,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    candidate.update(file=target.name, size_mb=target.stat().st_size / 1e6)
+
+
+def _candidates(
+    args: QuantizationArguments, have_calibration: bool, optimized_levels: list[str] = ()
+) -> list[dict[str, Any]]:
     if args.approach == "none":
         return []
     channels = {"true": [True], "false": [False], "both": [False, True]}[args.per_channel]
     out = []
     if args.approach in ("auto", "dynamic"):
+        out += [
+            {
+                "name": f"optimized_o{level}_dynamic_{'per_channel' if pc else 'per_tensor'}",
+                "static": False,
+                "per_channel": pc,
+                "calibration": None,
+                "graph_level": level,
+            }
+            for level in optimized_levels
+            for pc in channels
+        ]
         out += [
             {
                 "name": f"dynamic_{'per_channel' if pc else 'per_tensor'}",
