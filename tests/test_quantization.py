@@ -218,3 +218,38 @@ def test_quantize_command(tmp_path, tokenizer, capsys):
     assert (tmp_path / "out" / "onnx" / "model.onnx").exists()
     with pytest.raises(SystemExit):
         main(["quantize", str(tmp_path / "model")])
+
+
+def test_sensitive_nodes_are_excluded_when_nothing_passes(tmp_path, tokenizer, monkeypatch):
+    """Every plain candidate is made to fail; the retry keeps the most sensitive nodes in FP32 and passes."""
+    import trainer_ext.quantization as q
+
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    data = make_dataset(tokenizer, n=32)
+    real = q._session_logits
+
+    def sabotaged(path, batches):
+        logits = real(path, batches)
+        name = os.path.basename(str(path))
+        if name == "model.onnx" or "probe" in name or "exclude" in name:
+            return logits
+        wrong = 1 - np.asarray(list(data["label"]))[: len(logits)]
+        return np.eye(2, dtype=np.float32)[wrong]
+
+    monkeypatch.setattr(q, "_session_logits", sabotaged)
+    args = QuantizationArguments(
+        approach="dynamic",
+        per_channel="false",
+        optimization_levels="0",
+        latency_runs=3,
+        max_absolute_drop=0.2,
+        require_speedup=False,
+        sensitivity_top_k=2,
+    )
+    report = quantize_model(model, tokenizer, data, tmp_path, args)
+    sensitivity = report["sensitivity"]
+    assert len(sensitivity["excluded"]) == 2 and len(sensitivity["gain_when_kept_fp32"]) >= 4
+    assert report["chosen"]["name"].endswith("_exclude2")
+    retry = next(t for t in report["trials"] if t["name"].endswith("_exclude2"))
+    assert retry["exclude"] == sensitivity["excluded"] and retry["passed"]
+    assert (tmp_path / "onnx" / "model_quantized.onnx").exists()

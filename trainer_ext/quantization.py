@@ -79,6 +79,14 @@ class QuantizationArguments:
     require_speedup: bool = field(
         default=True, metadata={"help": "Only keep an INT8 model that is faster than the FP32 ONNX model here."}
     )
+    sensitivity_top_k: int = field(
+        default=4,
+        metadata={
+            "help": "When no candidate passes: keep each quantized node alone in FP32 in the fastest failed "
+            "candidate, measure the metric, exclude the k nodes that matter most, and try again (0 disables it)."
+        },
+    )
+    sensitivity_samples: int = field(default=256, metadata={"help": "Evaluation examples for the node sensitivity."})
     max_trials: int = field(default=8, metadata={"help": "Most candidates whose metric is evaluated."})
     time_budget_s: float = field(default=900.0, metadata={"help": "Stop trying candidates after this many seconds."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many examples."})
@@ -360,6 +368,30 @@ def _search(
         candidate["status"] = "evaluated"
         if candidate["passed"]:
             chosen = candidate
+    if chosen is None and args.sensitivity_top_k > 0:
+        rejected = [c for c in candidates if c.get("passed") is False]
+        if rejected:
+            retry = _sensitivity_retry(
+                rejected[0],
+                optimized_graphs,
+                export_dir,
+                cand_dir,
+                args,
+                calibration_dataset,
+                tokenizer,
+                text_column,
+                calibration_cache,
+                batches,
+                labels,
+                baseline,
+                fixed,
+                fp32_latency,
+                report,
+            )
+            if retry is not None:
+                candidates.append(retry)
+                if retry.get("passed") and retry.get("faster_than_fp32", True):
+                    chosen = retry
     report["trials"] = candidates + failed
     if chosen is None:
         report["chosen"] = {
@@ -407,7 +439,7 @@ def _build_candidate(
         is_static=candidate["static"],
         per_channel=candidate["per_channel"],
         operators_to_quantize=args._list(args.operators_to_quantize) or None,
-        nodes_to_exclude=args._list(args.nodes_to_exclude) or None,
+        nodes_to_exclude=(args._list(args.nodes_to_exclude) + candidate.get("exclude", [])) or None,
     )
     ranges = None
     if candidate["static"]:
@@ -429,6 +461,82 @@ def _build_candidate(
     candidate.update(file=onnx_file.name, size_mb=onnx_file.stat().st_size / 1e6)
 
 
+def _quantizable_nodes(graph: Path, operators: list[str]) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    return [n.name for n in model.graph.node if n.op_type in operators and n.name]
+
+
+def _sensitivity_retry(
+    base: dict,
+    optimized_graphs,
+    export_dir,
+    cand_dir,
+    args,
+    calibration_dataset,
+    tokenizer,
+    text_column,
+    calibration_cache,
+    batches,
+    labels,
+    baseline,
+    fixed,
+    fp32_latency,
+    report,
+) -> dict | None:
+    """Measure, node by node, how much keeping it in FP32 recovers; exclude the top-k from the base config."""
+    graph = optimized_graphs[base["graph_level"]] if base.get("graph_level") else export_dir / FP32_FILE
+    operators = args._list(args.operators_to_quantize) or ["MatMul", "Gemm", "Attention"]
+    nodes = _quantizable_nodes(graph, operators)
+    subset_batches, seen = [], 0
+    for batch in batches:
+        if seen >= args.sensitivity_samples:
+            break
+        subset_batches.append(batch)
+        seen += len(batch["input_ids"])
+    subset_labels = labels[:seen]
+    base_value = accuracy(_session_logits(cand_dir / base["file"], subset_batches), subset_labels)
+
+    def build(candidate: dict) -> None:
+        if candidate.get("graph_level"):
+            _build_optimized_dynamic(candidate, optimized_graphs[candidate["graph_level"]], cand_dir, args)
+        else:
+            _build_candidate(
+                candidate, export_dir, cand_dir, args, calibration_dataset, tokenizer, text_column, calibration_cache
+            )
+
+    gains = {}
+    for i, node in enumerate(nodes):
+        probe = {**base, "name": f"{base['name']}_probe{i}", "exclude": base.get("exclude", []) + [node]}
+        try:
+            build(probe)
+        except (ValueError, RuntimeError):
+            continue
+        gains[node] = accuracy(_session_logits(cand_dir / probe["file"], subset_batches), subset_labels) - base_value
+        os.remove(cand_dir / probe["file"])
+    worst = sorted(gains, key=lambda n: -gains[n])[: args.sensitivity_top_k]
+    report["sensitivity"] = {
+        "base": base["name"],
+        "base_subset_accuracy": base_value,
+        "samples": seen,
+        "gain_when_kept_fp32": gains,
+        "excluded": worst,
+    }
+    if not worst:
+        return None
+    retry = {**base, "name": f"{base['name']}_exclude{len(worst)}", "exclude": base.get("exclude", []) + worst}
+    for key in ("accuracy", "passed", "status", "latency", "file", "size_mb"):
+        retry.pop(key, None)
+    build(retry)
+    retry["latency"] = onnx_latency_ms(cand_dir / retry["file"], fixed, args.latency_runs)
+    retry["accuracy"] = accuracy(_session_logits(cand_dir / retry["file"], batches), labels)
+    retry["passed"] = args.within_criterion(baseline, retry["accuracy"])
+    retry["faster_than_fp32"] = (not args.require_speedup) or retry["latency"]["median_ms"] < fp32_latency["median_ms"]
+    retry["status"] = "evaluated (after excluding the most sensitive nodes)"
+    return retry
+
+
 def _build_optimized_dynamic(candidate: dict, graph: Path, cand_dir: Path, args: QuantizationArguments) -> None:
     """Dynamic INT8 of an ORTOptimizer-fused graph, through ONNX Runtime's quantizer.
 
@@ -446,7 +554,7 @@ def _build_optimized_dynamic(candidate: dict, graph: Path, cand_dir: Path, args:
         per_channel=candidate["per_channel"],
         weight_type=QuantType.QInt8,
         op_types_to_quantize=args._list(args.operators_to_quantize) or None,
-        nodes_to_exclude=args._list(args.nodes_to_exclude) or None,
+        nodes_to_exclude=(args._list(args.nodes_to_exclude) + candidate.get("exclude", [])) or None,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     candidate.update(file=target.name, size_mb=target.stat().st_size / 1e6)
