@@ -321,23 +321,13 @@ def _search(
         report["notes"] = ["static quantization skipped: no calibration_dataset was given"]
     cand_dir = work / "candidates"
     cand_dir.mkdir()
-    calibration_cache: dict[str, Any] = {}
+    builder = _CandidateBuilder(
+        export_dir, cand_dir, args, optimized_graphs, calibration_dataset, tokenizer, text_column
+    )
     failed = []
     for candidate in candidates:
         try:
-            if candidate.get("graph_level"):
-                _build_optimized_dynamic(candidate, optimized_graphs[candidate["graph_level"]], cand_dir, args)
-            else:
-                _build_candidate(
-                    candidate,
-                    export_dir,
-                    cand_dir,
-                    args,
-                    calibration_dataset,
-                    tokenizer,
-                    text_column,
-                    calibration_cache,
-                )
+            builder.build(candidate)
         except (ValueError, RuntimeError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as err:
             # One configuration failing (say, a calibration method on degenerate activations) is a trial result.
             candidate["status"] = f"failed: {type(err).__name__}: {err}"
@@ -371,23 +361,7 @@ def _search(
     if chosen is None and args.sensitivity_top_k > 0:
         rejected = [c for c in candidates if c.get("passed") is False]
         if rejected:
-            retry = _sensitivity_retry(
-                rejected[0],
-                optimized_graphs,
-                export_dir,
-                cand_dir,
-                args,
-                calibration_dataset,
-                tokenizer,
-                text_column,
-                calibration_cache,
-                batches,
-                labels,
-                baseline,
-                fixed,
-                fp32_latency,
-                report,
-            )
+            retry = _sensitivity_retry(rejected[0], builder, batches, labels, baseline, fixed, fp32_latency, report)
             if retry is not None:
                 candidates.append(retry)
                 if retry.get("passed") and retry.get("faster_than_fp32", True):
@@ -461,6 +435,39 @@ def _build_candidate(
     candidate.update(file=onnx_file.name, size_mb=onnx_file.stat().st_size / 1e6)
 
 
+@dataclass
+class _CandidateBuilder:
+    """Builds one INT8 candidate file from its description, whichever graph and quantizer it needs."""
+
+    export_dir: Path
+    cand_dir: Path
+    args: QuantizationArguments
+    optimized_graphs: dict[str, Path]
+    calibration_dataset: Any
+    tokenizer: PreTrainedTokenizerBase
+    text_column: str
+    calibration_cache: dict[str, Any] = field(default_factory=dict)
+
+    def source_graph(self, candidate: dict) -> Path:
+        level = candidate.get("graph_level")
+        return self.optimized_graphs[level] if level else self.export_dir / FP32_FILE
+
+    def build(self, candidate: dict) -> None:
+        if candidate.get("graph_level"):
+            _build_optimized_dynamic(candidate, self.source_graph(candidate), self.cand_dir, self.args)
+        else:
+            _build_candidate(
+                candidate,
+                self.export_dir,
+                self.cand_dir,
+                self.args,
+                self.calibration_dataset,
+                self.tokenizer,
+                self.text_column,
+                self.calibration_cache,
+            )
+
+
 def _quantizable_nodes(graph: Path, operators: list[str]) -> list[str]:
     import onnx
 
@@ -470,23 +477,17 @@ def _quantizable_nodes(graph: Path, operators: list[str]) -> list[str]:
 
 def _sensitivity_retry(
     base: dict,
-    optimized_graphs,
-    export_dir,
-    cand_dir,
-    args,
-    calibration_dataset,
-    tokenizer,
-    text_column,
-    calibration_cache,
-    batches,
-    labels,
-    baseline,
-    fixed,
-    fp32_latency,
-    report,
+    builder: _CandidateBuilder,
+    batches: list[dict[str, np.ndarray]],
+    labels: np.ndarray,
+    baseline: float,
+    fixed: dict[str, np.ndarray],
+    fp32_latency: dict,
+    report: dict[str, Any],
 ) -> dict | None:
     """Measure, node by node, how much keeping it in FP32 recovers; exclude the top-k from the base config."""
-    graph = optimized_graphs[base["graph_level"]] if base.get("graph_level") else export_dir / FP32_FILE
+    args, cand_dir, build = builder.args, builder.cand_dir, builder.build
+    graph = builder.source_graph(base)
     operators = args._list(args.operators_to_quantize) or ["MatMul", "Gemm", "Attention"]
     nodes = _quantizable_nodes(graph, operators)
     subset_batches, seen = [], 0
@@ -497,14 +498,6 @@ def _sensitivity_retry(
         seen += len(batch["input_ids"])
     subset_labels = labels[:seen]
     base_value = accuracy(_session_logits(cand_dir / base["file"], subset_batches), subset_labels)
-
-    def build(candidate: dict) -> None:
-        if candidate.get("graph_level"):
-            _build_optimized_dynamic(candidate, optimized_graphs[candidate["graph_level"]], cand_dir, args)
-        else:
-            _build_candidate(
-                candidate, export_dir, cand_dir, args, calibration_dataset, tokenizer, text_column, calibration_cache
-            )
 
     gains = {}
     for i, node in enumerate(nodes):
