@@ -27,6 +27,7 @@ __all__ = [
     "label_names",
     "load_offline_rotten_tomatoes",
     "load_text_classification_dataset",
+    "validate_label_column",
     "validate_text_classification_dataset",
     "validate_text_classification_splits",
 ]
@@ -191,6 +192,22 @@ def validate_text_classification_dataset(
         num_labels = feature.num_classes
     _validate_labels(table.column(label_column), label_column, num_labels, where)
     _validate_texts(table.column(text_column), text_column, where)
+
+
+def validate_label_column(
+    dataset: Dataset,
+    label_column: str,
+    num_labels: int | None,
+    *,
+    split_name: str = "train",
+    ignore_index: int | None = None,
+) -> None:
+    """Check only the labels (tokenized training sets may have no text column left). Rows whose label equals
+    `ignore_index` (-100 for `Trainer`) are deliberately unlabelled and skipped."""
+    labels = _arrow_column(dataset, label_column)
+    if ignore_index is not None and (pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)):
+        labels = pc.filter(labels, pc.fill_null(pc.not_equal(labels, ignore_index), True))
+    _validate_labels(labels, label_column, num_labels, f"split '{split_name}'")
 
 
 def validate_text_classification_splits(

@@ -24,6 +24,7 @@ from transformers.utils import logging
 
 from .arguments import DistillationTrainingArguments, parse_layer_map
 from .augmentation import AugmentationArguments, TextGenerationAugmenter
+from .data import DataValidationError, validate_label_column
 from .losses import distillation_loss, hidden_state_mse_loss
 from .teacher import compute_teacher_logits
 
@@ -75,27 +76,11 @@ def _check_dataset(dataset: Any, split: str, num_labels: int | None, logits_colu
     if len(dataset) == 0:
         raise DistillationError(f"The {split} dataset is empty: check the split name and any filtering applied to it.")
     label_column = _label_column(dataset)
-    if label_column is not None and num_labels is not None and dataset.features[label_column].dtype != "string":
-        labels = np.asarray(list(dataset[label_column]))
-        if labels.dtype.kind == "f" and np.any(labels != np.round(labels)):
-            raise DistillationError(
-                f"The {split} column {label_column!r} holds non-integer values; labels must be class ids 0.."
-                f"{num_labels - 1}. Encode them with `dataset.class_encode_column({label_column!r})`."
-            )
-        if labels.dtype.kind in "iuf":
-            bad = labels[(labels < 0) | (labels >= num_labels)]
-            # -100 is the ignore index: a deliberately unlabelled example, not an error.
-            bad = bad[bad != -100]
-            if bad.size:
-                raise DistillationError(
-                    f"The {split} column {label_column!r} has {bad.size} label(s) outside [0, {num_labels}): "
-                    f"{sorted(set(bad.tolist()))[:10]}. The model's num_labels/id2label must cover every label id."
-                )
-    elif label_column is not None and dataset.features[label_column].dtype == "string":
-        raise DistillationError(
-            f"The {split} column {label_column!r} holds strings; encode them as class ids with "
-            f"`dataset.class_encode_column({label_column!r})` and give the model the matching id2label."
-        )
+    if label_column is not None and (num_labels is not None or dataset.features[label_column].dtype == "string"):
+        try:
+            validate_label_column(dataset, label_column, num_labels, split_name=split, ignore_index=-100)
+        except DataValidationError as err:
+            raise DistillationError(str(err)) from err
     if logits_column and logits_column in dataset.column_names and num_labels is not None:
         width = len(dataset[0][logits_column])
         if width != num_labels:
