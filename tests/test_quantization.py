@@ -253,3 +253,99 @@ def test_sensitive_nodes_are_excluded_when_nothing_passes(tmp_path, tokenizer, m
     retry = next(t for t in report["trials"] if t["name"].endswith("_exclude2"))
     assert retry["exclude"] == sensitivity["excluded"] and retry["passed"]
     assert (tmp_path / "onnx" / "model_quantized.onnx").exists()
+
+
+def _macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
+    predictions = logits.argmax(-1)
+    scores = []
+    for c in np.unique(labels):
+        tp = np.sum((predictions == c) & (labels == c))
+        precision = tp / max(np.sum(predictions == c), 1)
+        recall = tp / max(np.sum(labels == c), 1)
+        scores.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return float(np.mean(scores))
+
+
+def test_compute_metrics_drives_the_search(tmp_path, tokenizer):
+    """A Trainer-style compute_metrics replaces accuracy: the report's values are that metric, key chosen by name."""
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    data = make_dataset(tokenizer, n=48)
+    calls = []
+
+    def compute_metrics(prediction):
+        calls.append(prediction.predictions.shape)
+        return {"macro_f1": _macro_f1(prediction.predictions, prediction.label_ids), "constant": 1.0}
+
+    args = QuantizationArguments(
+        approach="dynamic", latency_runs=3, metric_key="macro_f1", max_absolute_drop=1.0, require_speedup=False
+    )
+    report = quantize_model(model, tokenizer, data, tmp_path, args, compute_metrics=compute_metrics)
+    assert report["metric"] == "macro_f1" and calls and calls[0] == (48, 2)
+    fp32_logits = _session_logits(
+        tmp_path / "onnx" / "model.onnx", _eval_batches(tokenizer, list(data["text"]), 32, 64)
+    )
+    assert report["fp32"]["metric_value"] == pytest.approx(_macro_f1(fp32_logits, np.asarray(list(data["label"]))))
+    assert report["chosen"]["metric_value"] == next(
+        t["metric_value"] for t in report["trials"] if t["name"] == report["chosen"]["name"]
+    )
+
+    with pytest.raises(QuantizationError, match="set metric_key"):
+        quantize_model(
+            model,
+            tokenizer,
+            data,
+            tmp_path / "b",
+            QuantizationArguments(approach="none", latency_runs=1),
+            compute_metrics=compute_metrics,
+        )
+
+
+METRIC_SCRIPT = """
+import datasets
+import evaluate
+
+
+class ErrorRate(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="share of wrong predictions",
+            citation="",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references):
+        return {"error_rate": sum(p != r for p, r in zip(predictions, references)) / len(references)}
+"""
+
+
+def test_local_evaluate_metric_offline_and_unknown_metric_fails_before_export(tmp_path, tokenizer):
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    data = make_dataset(tokenizer, n=32)
+    script = tmp_path / "error_rate.py"
+    script.write_text(METRIC_SCRIPT)
+    args = QuantizationArguments(approach="none", latency_runs=1, metric=str(script))
+    report = quantize_model(model, tokenizer, data, tmp_path / "a", args)
+    assert report["metric"] == "error_rate"
+    assert report["fp32"]["metric_value"] == pytest.approx(1.0 - report["fp32"]["accuracy"])
+
+    with pytest.raises(QuantizationError, match="local metric script path"):
+        quantize_model(model, tokenizer, data, tmp_path / "b", QuantizationArguments(metric="no_such_metric_xyz"))
+    assert not (tmp_path / "b" / "onnx").exists()
+
+
+def test_histogram_calibration_works_and_time_budget_bounds_building(tmp_path, tokenizer):
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    data = make_dataset(tokenizer, n=32)
+    args = QuantizationArguments(
+        approach="static", per_channel="false", calibration_samples=16, latency_runs=2, max_absolute_drop=1.0
+    )
+    report = quantize_model(model, tokenizer, data, tmp_path / "a", args, calibration_dataset=data)
+    # entropy and percentiles used to fail on the attention-mask Add ("Too many bins"); static quantizes MatMuls.
+    assert [t["status"] for t in report["trials"] if t["status"].startswith("failed")] == []
+    assert {t["calibration"] for t in report["trials"] if "latency" in t} == {"minmax", "entropy", "percentiles"}
+
+    args = QuantizationArguments(approach="dynamic", latency_runs=2, max_absolute_drop=1.0, time_budget_s=0.0)
+    report = quantize_model(model, tokenizer, data, tmp_path / "b", args)
+    assert report["trials"] and all(t["status"] == "not built (time budget)" for t in report["trials"])
+    assert report["chosen"]["name"] == "fp32" and "time budget" in report["chosen"]["reason"]
+    assert (tmp_path / "b" / "onnx" / "model.onnx").exists()

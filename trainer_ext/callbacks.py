@@ -30,6 +30,7 @@ class QuantizationCallback(TrainerCallback):
         args: QuantizationArguments | None = None,
         calibration_dataset: Any = None,
         output_dir: str | None = None,
+        compute_metrics: Any = None,
     ) -> None:
         from .quantization import _check_eval_dataset
 
@@ -38,6 +39,8 @@ class QuantizationCallback(TrainerCallback):
         self.quantization_args = args or QuantizationArguments()
         self.calibration_dataset = calibration_dataset
         self.output_dir = output_dir
+        # A Trainer-style compute_metrics; the metric named by `args.metric_key` is kept within the criterion.
+        self.compute_metrics = compute_metrics
         self.report: dict[str, Any] | None = None
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
@@ -55,6 +58,7 @@ class QuantizationCallback(TrainerCallback):
             self.output_dir or args.output_dir,
             self.quantization_args,
             calibration_dataset=self.calibration_dataset,
+            compute_metrics=self.compute_metrics,
         )
         model.train(was_training)
         chosen = self.report["chosen"]

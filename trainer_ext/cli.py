@@ -96,7 +96,7 @@ def _quantize(argv: list[str]) -> int:
             default="rotten_tomatoes_offline",
             metadata={"help": "Labelled data for the accuracy check: a dataset name, Hub id or local file/folder."},
         )
-        eval_split: str = field(default="validation", metadata={"help": "Split the search measures accuracy on."})
+        eval_split: str = field(default="validation", metadata={"help": "Split the search measures its metric on."})
         output_dir: str | None = field(default=None, metadata={"help": "Where onnx/ and the report go (required)."})
 
     parser = HfArgumentParser((QuantizeInputs, QuantizationArguments), prog="trainer-ext quantize MODEL_DIR")
@@ -122,12 +122,12 @@ def _quantize(argv: list[str]) -> int:
     )
     fp32 = report["fp32"]
     print(
-        f"FP32 ONNX: accuracy {100 * fp32['accuracy']:.2f}%, {fp32['latency']['median_ms']:.2f} ms, "
+        f"FP32 ONNX: {report['metric']} {fp32['metric_value']:.4f}, {fp32['latency']['median_ms']:.2f} ms, "
         f"{fp32['size_mb']:.1f} MB (optimisation level {fp32['optimization_level']}); export max |diff| "
         f"{report['export_max_abs_logit_diff']:.2e}"
     )
     for trial in report["trials"]:
-        acc = f"{100 * trial['accuracy']:.2f}%" if "accuracy" in trial else "-"
+        acc = f"{trial['metric_value']:.4f}" if "metric_value" in trial else "-"
         lat = f"{trial['latency']['median_ms']:.2f} ms" if "latency" in trial else "-"
         print(f"  {trial['name']:<32} {acc:>8} {lat:>10}  {trial.get('status', '')}")
     print(f"chosen: {report['chosen']['name']} {report['chosen'].get('reason', '')}")

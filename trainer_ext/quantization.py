@@ -14,6 +14,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from typing import Any
 import numpy as np
 import onnxruntime
 import torch
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSequenceClassification, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
+
+from .benchmark import onnx_session
 
 logger = logging.get_logger(__name__)
 
@@ -59,10 +62,25 @@ class QuantizationArguments:
     )
     calibration_samples: int = field(default=128, metadata={"help": "Training examples used for calibration."})
     operators_to_quantize: str | None = field(
-        default=None, metadata={"help": "Comma-separated ONNX operator types to quantize. Default: Optimum's."}
+        default=None,
+        metadata={
+            "help": "Comma-separated ONNX operator types to quantize. Default: Optimum's for dynamic candidates; "
+            "'MatMul' for static ones (the attention-mask Add carries float-min values that break histogram "
+            "calibration, and quantizing Adds measured slower than leaving them in FP32)."
+        },
     )
     nodes_to_exclude: str | None = field(
         default=None, metadata={"help": "Comma-separated ONNX node names kept in FP32 in every candidate."}
+    )
+    metric: str = field(
+        default="accuracy",
+        metadata={
+            "help": "Metric kept within the criterion: 'accuracy' (built in) or an `evaluate` metric name or local "
+            "script path, computed on argmax predictions. Offline, Hub names need evaluate's cache: use a path."
+        },
+    )
+    metric_key: str | None = field(
+        default=None, metadata={"help": "Key of the metric's result dict to use (default: the metric's name)."}
     )
     max_relative_drop: float | None = field(
         default=0.01, metadata={"help": "Largest accepted metric drop relative to FP32 (0.01 = 1% relative)."}
@@ -89,7 +107,10 @@ class QuantizationArguments:
     )
     sensitivity_samples: int = field(default=256, metadata={"help": "Evaluation examples for the node sensitivity."})
     max_trials: int = field(default=8, metadata={"help": "Most candidates whose metric is evaluated."})
-    time_budget_s: float = field(default=900.0, metadata={"help": "Stop trying candidates after this many seconds."})
+    time_budget_s: float = field(
+        default=900.0,
+        metadata={"help": "Stop building and evaluating candidates this many seconds after the search started."},
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many examples."})
     sequence_length: int = field(default=64, metadata={"help": "Fixed length for latency measurements."})
     latency_runs: int = field(default=100, metadata={"help": "Timed batch-1 runs per candidate (after warm-up)."})
@@ -122,8 +143,7 @@ class QuantizationArguments:
 # ------------------------------------------------------------------------------------------------- measurements
 def onnx_latency_ms(model_path: str | os.PathLike, inputs: dict[str, np.ndarray], runs: int, warmup: int = 10) -> dict:
     """Median and p90 batch-1 latency of a raw ONNX Runtime session (tokenization excluded)."""
-    options = onnxruntime.SessionOptions()
-    session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(model_path)
     names = {i.name for i in session.get_inputs()}
     feed = {k: v for k, v in inputs.items() if k in names}
     for _ in range(warmup):
@@ -137,7 +157,7 @@ def onnx_latency_ms(model_path: str | os.PathLike, inputs: dict[str, np.ndarray]
 
 
 def _session_logits(model_path: str | os.PathLike, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
-    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    session = onnx_session(model_path)
     names = {i.name for i in session.get_inputs()}
     return np.concatenate([session.run(["logits"], {k: v for k, v in b.items() if k in names})[0] for b in batches])
 
@@ -156,6 +176,52 @@ def _eval_batches(
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(-1) == labels).mean())
+
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+def resolve_metric(args: QuantizationArguments, compute_metrics: Callable | None = None) -> tuple[str, MetricFn]:
+    """The search metric as `(name, fn(logits, labels) -> float)`; loaded now so that a bad name fails before export.
+
+    `compute_metrics` is a Trainer-style function (EvalPrediction -> dict); `args.metric_key` (default `args.metric`,
+    or the only key) picks the value. Otherwise `args.metric` is 'accuracy' or an `evaluate` metric.
+    """
+    key = args.metric_key or args.metric
+    if compute_metrics is not None:
+
+        def from_compute_metrics(logits: np.ndarray, labels: np.ndarray) -> float:
+            result = compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+            name = key if key in result else (next(iter(result)) if len(result) == 1 else None)
+            if name is None:
+                raise QuantizationError(
+                    f"compute_metrics returned {sorted(result)}; set metric_key to the one the search should keep."
+                )
+            return float(result[name])
+
+        return key, from_compute_metrics
+    if args.metric == "accuracy":
+        return "accuracy", accuracy
+    import evaluate
+
+    try:
+        metric = evaluate.load(args.metric)
+    except Exception as err:  # evaluate raises many types (FileNotFoundError, ConnectionError, ImportError, ...)
+        raise QuantizationError(
+            f"Could not load the evaluate metric {args.metric!r}: {type(err).__name__}: {err}. Offline, a Hub metric "
+            "name only works from evaluate's cache: pass a local metric script path, or compute_metrics=."
+        ) from err
+    key = args.metric_key or Path(args.metric).stem
+
+    def from_evaluate(logits: np.ndarray, labels: np.ndarray) -> float:
+        result = metric.compute(predictions=logits.argmax(-1), references=labels)
+        if key not in result:
+            raise QuantizationError(
+                f"Metric {args.metric!r} returned {sorted(result)}; set metric_key to one of them."
+            )
+        return float(result[key])
+
+    return key, from_evaluate
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
@@ -204,8 +270,9 @@ def quantize_model(
     calibration_dataset: Any = None,
     text_column: str = "text",
     label_column: str = "label",
+    compute_metrics: Callable | None = None,
 ) -> dict[str, Any]:
-    """Export to ONNX, try INT8 candidates fastest first, keep the fastest within the accuracy criterion.
+    """Export to ONNX, try INT8 candidates fastest first, keep the fastest within the metric criterion.
 
     Writes `<output_dir>/onnx/` (model.onnx, model_quantized.onnx when one passes, config and tokenizer) and
     `<output_dir>/compression_report.json`; returns the report. The `onnx/` folder is built in a temporary folder
@@ -213,6 +280,7 @@ def quantize_model(
     """
     args = args or QuantizationArguments()
     _check_eval_dataset(eval_dataset, text_column, label_column)
+    metric = resolve_metric(args, compute_metrics)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if not os.access(output_dir, os.W_OK):
@@ -223,7 +291,7 @@ def quantize_model(
     work = Path(tempfile.mkdtemp(prefix=".onnx-", dir=output_dir))
     try:
         report = _search(
-            model_or_dir, tokenizer, eval_dataset, work, args, calibration_dataset, text_column, label_column
+            model_or_dir, tokenizer, eval_dataset, work, args, calibration_dataset, text_column, label_column, metric
         )
         final = output_dir / ONNX_SUBFOLDER
         staged = work / "final"
@@ -257,7 +325,9 @@ def _search(
     calibration_dataset,
     text_column: str,
     label_column: str,
+    metric: tuple[str, MetricFn],
 ) -> dict[str, Any]:
+    metric_name, metric_fn = metric
     if isinstance(model_or_dir, (str, os.PathLike)):
         model_dir = Path(model_or_dir)
         torch_model = AutoModelForSequenceClassification.from_pretrained(model_dir)
@@ -283,7 +353,7 @@ def _search(
         texts[:1], padding="max_length", truncation=True, max_length=args.sequence_length, return_tensors="np"
     )
     fixed = {k: v.astype(np.int64) for k, v in fixed.items()}
-    baseline = accuracy(fp32_logits, labels)
+    baseline = metric_fn(fp32_logits, labels)
     fp32_latency = onnx_latency_ms(fp32_path, fixed, args.latency_runs)
     optimization = {"0": fp32_latency["median_ms"]}
     best_level, fp32_best = "0", fp32_path
@@ -301,12 +371,15 @@ def _search(
         if latency["median_ms"] < fp32_latency["median_ms"]:
             fp32_best, fp32_latency, best_level = optimized, latency, level
     report: dict[str, Any] = {
-        "metric": "accuracy",
+        "metric": metric_name,
         "eval_examples": len(texts),
         "pytorch_accuracy": accuracy(torch_logits, labels),
+        "pytorch_metric_value": metric_fn(torch_logits, labels),
         "export_max_abs_logit_diff": max_diff,
+        "onnx_threads": torch.get_num_threads(),
         "fp32": {
-            "accuracy": baseline,
+            "accuracy": accuracy(fp32_logits, labels),
+            "metric_value": baseline,
             "latency": fp32_latency,
             "size_mb": fp32_best.stat().st_size / 1e6,
             "optimization_level": int(best_level),
@@ -326,7 +399,12 @@ def _search(
         export_dir, cand_dir, args, optimized_graphs, calibration_dataset, tokenizer, text_column
     )
     failed = []
+    search_start = time.perf_counter()
     for candidate in candidates:
+        if time.perf_counter() - search_start > args.time_budget_s:
+            candidate["status"] = "not built (time budget)"
+            failed.append(candidate)
+            continue
         try:
             builder.build(candidate)
         except (ValueError, RuntimeError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as err:
@@ -339,7 +417,6 @@ def _search(
     # Fastest first: the first candidate within the criterion is the fastest acceptable one.
     candidates.sort(key=lambda c: c["latency"]["median_ms"])
     chosen = None
-    search_start = time.perf_counter()
     evaluated = 0
     for candidate in candidates:
         if chosen is not None:
@@ -353,8 +430,10 @@ def _search(
             candidate["status"] = "not evaluated (trial or time budget)"
             continue
         evaluated += 1
-        value = accuracy(_session_logits(cand_dir / candidate["file"], batches), labels)
-        candidate["accuracy"] = value
+        logits = _session_logits(cand_dir / candidate["file"], batches)
+        value = metric_fn(logits, labels)
+        candidate["accuracy"] = accuracy(logits, labels)
+        candidate["metric_value"] = value
         candidate["passed"] = args.within_criterion(baseline, value)
         candidate["status"] = "evaluated"
         if candidate["passed"]:
@@ -362,25 +441,29 @@ def _search(
     if chosen is None and args.sensitivity_top_k > 0:
         rejected = [c for c in candidates if c.get("passed") is False]
         if rejected:
-            retry = _sensitivity_retry(rejected[0], builder, batches, labels, baseline, fixed, fp32_latency, report)
+            retry = _sensitivity_retry(
+                rejected[0], builder, batches, labels, baseline, fixed, fp32_latency, report, metric_fn
+            )
             if retry is not None:
                 candidates.append(retry)
                 if retry.get("passed") and retry.get("faster_than_fp32", True):
                     chosen = retry
     report["trials"] = candidates + failed
     if chosen is None:
-        report["chosen"] = {
-            "name": "fp32",
-            "reason": "no INT8 candidate was faster than FP32 and met the accuracy criterion"
-            if candidates
-            else "quantization disabled",
-        }
+        if args.approach == "none":
+            reason = "quantization disabled (approach='none')"
+        elif not candidates:
+            reason = "no INT8 candidate was built (" + "; ".join(sorted({t["status"] for t in failed})) + ")"
+        else:
+            reason = f"no INT8 candidate was faster than FP32 and met the {metric_name} criterion"
+        report["chosen"] = {"name": "fp32", "reason": reason}
         logger.warning(f"Kept the FP32 ONNX model: {report['chosen']['reason']}.")
     else:
         report["chosen"] = {
             "name": chosen["name"],
             "file": chosen["file"],
             "accuracy": chosen["accuracy"],
+            "metric_value": chosen["metric_value"],
             "latency": chosen["latency"],
             "size_mb": chosen["size_mb"],
             "speedup_vs_fp32": fp32_latency["median_ms"] / chosen["latency"]["median_ms"],
@@ -410,10 +493,11 @@ def _build_candidate(
     from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
 
     quantizer = ORTQuantizer.from_pretrained(export_dir, file_name=FP32_FILE)
+    operators = args._list(args.operators_to_quantize) or (["MatMul"] if candidate["static"] else None)
     qconfig = AutoQuantizationConfig.avx2(
         is_static=candidate["static"],
         per_channel=candidate["per_channel"],
-        operators_to_quantize=args._list(args.operators_to_quantize) or None,
+        operators_to_quantize=operators,
         nodes_to_exclude=(args._list(args.nodes_to_exclude) + candidate.get("exclude", [])) or None,
     )
     ranges = None
@@ -485,6 +569,7 @@ def _sensitivity_retry(
     fixed: dict[str, np.ndarray],
     fp32_latency: dict,
     report: dict[str, Any],
+    metric_fn: MetricFn = accuracy,
 ) -> dict | None:
     """Measure, node by node, how much keeping it in FP32 recovers; exclude the top-k from the base config."""
     args, cand_dir, build = builder.args, builder.cand_dir, builder.build
@@ -498,7 +583,7 @@ def _sensitivity_retry(
         subset_batches.append(batch)
         seen += len(batch["input_ids"])
     subset_labels = labels[:seen]
-    base_value = accuracy(_session_logits(cand_dir / base["file"], subset_batches), subset_labels)
+    base_value = metric_fn(_session_logits(cand_dir / base["file"], subset_batches), subset_labels)
 
     gains = {}
     for i, node in enumerate(nodes):
@@ -507,12 +592,12 @@ def _sensitivity_retry(
             build(probe)
         except (ValueError, RuntimeError):
             continue
-        gains[node] = accuracy(_session_logits(cand_dir / probe["file"], subset_batches), subset_labels) - base_value
+        gains[node] = metric_fn(_session_logits(cand_dir / probe["file"], subset_batches), subset_labels) - base_value
         os.remove(cand_dir / probe["file"])
     worst = sorted(gains, key=lambda n: -gains[n])[: args.sensitivity_top_k]
     report["sensitivity"] = {
         "base": base["name"],
-        "base_subset_accuracy": base_value,
+        "base_subset_metric_value": base_value,
         "samples": seen,
         "gain_when_kept_fp32": gains,
         "excluded": worst,
@@ -520,12 +605,14 @@ def _sensitivity_retry(
     if not worst:
         return None
     retry = {**base, "name": f"{base['name']}_exclude{len(worst)}", "exclude": base.get("exclude", []) + worst}
-    for key in ("accuracy", "passed", "status", "latency", "file", "size_mb"):
+    for key in ("accuracy", "metric_value", "passed", "status", "latency", "file", "size_mb"):
         retry.pop(key, None)
     build(retry)
     retry["latency"] = onnx_latency_ms(cand_dir / retry["file"], fixed, args.latency_runs)
-    retry["accuracy"] = accuracy(_session_logits(cand_dir / retry["file"], batches), labels)
-    retry["passed"] = args.within_criterion(baseline, retry["accuracy"])
+    logits = _session_logits(cand_dir / retry["file"], batches)
+    retry["accuracy"] = accuracy(logits, labels)
+    retry["metric_value"] = metric_fn(logits, labels)
+    retry["passed"] = args.within_criterion(baseline, retry["metric_value"])
     retry["faster_than_fp32"] = (not args.require_speedup) or retry["latency"]["median_ms"] < fp32_latency["median_ms"]
     retry["status"] = "evaluated (after excluding the most sensitive nodes)"
     return retry
@@ -535,8 +622,8 @@ def _build_optimized_dynamic(candidate: dict, graph: Path, cand_dir: Path, args:
     """Dynamic INT8 of an ORTOptimizer-fused graph, through ONNX Runtime's quantizer.
 
     Optimum's ORTQuantizer cannot pass ONNX Runtime's `DefaultTensorType` option, without which the fused graph's
-    contrib ops fail type inference. Signed INT8 weights: on this AVX2 CPU (no VNNI) u8 activations x s8 weights was
-    measured 1.6x faster than u8 x u8 for the same graph.
+    contrib ops fail type inference. Signed INT8 weights (u8 activations x s8 weights): measured 1.6x faster than
+    u8 x u8 for the same graph on an AVX2 CPU.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
