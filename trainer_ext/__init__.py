@@ -5,7 +5,9 @@ __version__ = "0.1.0.dev0"
 from .arguments import DistillationTrainingArguments
 from .assets import MissingAssetError, minilm_teacher_path, rotten_tomatoes_corpus_path, smollm2_gguf_path
 from .augmentation import AugmentationArguments, AugmentationError, TextGenerationAugmenter, merge_with_original
-from .callbacks import QuantizationCallback
+from .benchmark import measure_classifier
+from .callbacks import ModelCardCallback, QuantizationCallback
+from .cards import ModelCardError, write_model_card
 from .data import (
     OFFLINE_DATASET_NAME,
     DataValidationError,
@@ -35,6 +37,8 @@ __all__ = [
     "DistillationTrainingArguments",
     "DataValidationError",
     "MissingAssetError",
+    "ModelCardCallback",
+    "ModelCardError",
     "OFFLINE_DATASET_NAME",
     "QuantizationArguments",
     "QuantizationCallback",
@@ -48,11 +52,13 @@ __all__ = [
     "hidden_state_mse_loss",
     "kl_divergence_loss",
     "load_text_classification_dataset",
+    "measure_classifier",
     "minilm_teacher_path",
     "quantize_model",
     "rotten_tomatoes_corpus_path",
     "smollm2_gguf_path",
     "validate_text_classification_dataset",
+    "write_model_card",
     "logit_mse_loss",
     "soft_cross_entropy_loss",
 ]

@@ -200,3 +200,130 @@ def profile_onnx(path: str, tokenizer: PreTrainedTokenizerBase, texts: list[str]
     result = profile_model(run, tokenizer, texts, tensor_type="np", size_bytes=os.path.getsize(path), **kwargs)
     result["intra_op_threads"] = session.get_session_options().intra_op_num_threads
     return result
+
+
+# ------------------------------------------------------------------------------------------- one variant, measured
+def classifier_logits(
+    run: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    *,
+    tensor_type: str,
+    batch_size: int,
+    max_length: int,
+) -> np.ndarray:
+    """Logits of `run(**encoded)` over `texts`, in order, batch by batch (padded to the longest in each batch)."""
+    outputs = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors=tensor_type
+        )
+        enc = {k: (v.astype(np.int64) if tensor_type == "np" else v) for k, v in enc.items()}
+        outputs.append(np.asarray(run(**enc)))
+    return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+
+def measure_classifier(
+    model: PreTrainedModel | str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_dataset: Any = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    sequence_length: int = 64,
+    max_length: int = 128,
+    runs: int = 100,
+    batch_size: int = 32,
+    parameters: int | None = None,
+) -> dict[str, Any]:
+    """Accuracy on `eval_dataset` (when given), batch-1 latency at `sequence_length`, size and parameters.
+
+    `model` is a PyTorch model or the path of an `.onnx` file (run with `onnx_session`). Every variant of a run is
+    measured by this one function, on the same sentences and settings, so their rows compare.
+    """
+    texts = [str(t) for t in eval_dataset[text_column]] if eval_dataset is not None else ["a short example sentence"]
+    fixed = tokenizer(texts[:1], padding="max_length", truncation=True, max_length=sequence_length)
+    if isinstance(model, (str, os.PathLike)):
+        session = onnx_session(model)
+        names = {i.name for i in session.get_inputs()}
+
+        def run(**inputs):
+            return session.run(["logits"], {k: v for k, v in inputs.items() if k in names})[0]
+
+        tensor_type, size_mb = "np", os.path.getsize(model) / 1e6
+        feed = {k: np.asarray(v, dtype=np.int64) for k, v in fixed.items()}
+        runtime = "ONNX Runtime " + ("INT8" if "quantized" in os.path.basename(str(model)) else "FP32")
+    else:
+        model.eval()
+
+        @torch.inference_mode()
+        def run(**inputs):
+            device = next(model.parameters()).device
+            return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu().numpy()
+
+        tensor_type, size_mb = "pt", model_size_mb(model)
+        feed = {k: torch.tensor(v) for k, v in fixed.items()}
+        runtime, parameters = "PyTorch FP32", count_parameters(model)
+    timings = _timed(lambda: run(**feed), runs, warmup=10)
+    result: dict[str, Any] = {
+        "accuracy": None,
+        "latency_ms": statistics.median(timings),
+        "latency_p90_ms": float(np.percentile(timings, 90)),
+        "size_mb": size_mb,
+        "parameters": parameters,
+        "runtime": runtime,
+        "eval_examples": 0,
+    }
+    if eval_dataset is not None:
+        logits = classifier_logits(
+            run, tokenizer, texts, tensor_type=tensor_type, batch_size=batch_size, max_length=max_length
+        )
+        labels = np.asarray(list(eval_dataset[label_column]))
+        result["accuracy"] = float((logits.argmax(-1) == labels).mean())
+        result["eval_examples"] = len(labels)
+    return result
+
+
+def fixed_length_runner(
+    model: PreTrainedModel | str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    sequence_length: int = 64,
+) -> Any:
+    """A no-argument callable running one batch-1 forward of `text` padded to `sequence_length` (PyTorch or ONNX)."""
+    enc = tokenizer([text], padding="max_length", truncation=True, max_length=sequence_length)
+    if isinstance(model, (str, os.PathLike)):
+        session = onnx_session(model)
+        names = {i.name for i in session.get_inputs()}
+        feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names}
+        return lambda: session.run(None, feed)
+    model.eval()
+    inputs = {k: torch.tensor(v) for k, v in enc.items()}
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(**inputs)
+
+    return run
+
+
+def interleaved_latency(
+    runners: dict[str, Any], *, rounds: int = 10, runs_per_round: int = 10, warmup: int = 10
+) -> dict[str, dict[str, float]]:
+    """Median / p90 latency (ms) of several models measured in alternation, round by round.
+
+    On a shared machine the speed of the CPU drifts over minutes (measured here: the same INT8 student at 1.4 ms in
+    one minute and 2.2 ms a few minutes later). Timing model A for a minute and then model B puts that drift into
+    the A/B ratio; alternating short bursts exposes every model to the same conditions, so the ratios hold.
+    """
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    timings: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            for _ in range(runs_per_round):
+                start = time.perf_counter()
+                run()
+                timings[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: {**_summary(t), "runs": len(t)} for name, t in timings.items()}

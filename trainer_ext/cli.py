@@ -135,11 +135,51 @@ def _quantize(argv: list[str]) -> int:
     return 0
 
 
+def _card(argv: list[str]) -> int:
+    from dataclasses import asdict, dataclass, field
+
+    from transformers import HfArgumentParser
+
+    from .cards import write_model_card
+
+    @dataclass
+    class CardInputs:
+        output_dir: str = field(metadata={"help": "Folder with results.json or compression_report.json."})
+        model_name: str | None = field(default=None, metadata={"help": "Model name (default: the folder's)."})
+        repo_id: str | None = field(default=None, metadata={"help": "Hub repo id used in the usage snippets."})
+        license: str | None = field(default=None, metadata={"help": "License id, e.g. apache-2.0."})
+        language: str | None = field(default="en", metadata={"help": "Language code(s), comma-separated."})
+        dataset_id: str | None = field(default=None, metadata={"help": "Hub id of the evaluation dataset."})
+        dataset_name: str | None = field(default=None, metadata={"help": "Pretty name of the evaluation dataset."})
+        dataset_config: str | None = field(default=None, metadata={"help": "Dataset config, e.g. sst2."})
+        dataset_split: str | None = field(default=None, metadata={"help": "Split the accuracy was measured on."})
+        base_model: str | None = field(default=None, metadata={"help": "Hub id the model was made from."})
+        base_model_relation: str | None = field(default=None, metadata={"help": "finetune, quantized, ..."})
+        tags: str | None = field(default=None, metadata={"help": "Extra tags, comma-separated."})
+
+    parser = HfArgumentParser(CardInputs, prog="trainer-ext card OUTPUT_DIR")
+    if argv and not argv[0].startswith("-"):
+        argv = ["--output_dir", *argv]
+    (inputs, unknown) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}")
+    fields = asdict(inputs)
+    output_dir = fields.pop("output_dir")
+    fields["tags"] = [t.strip() for t in (fields["tags"] or "").split(",") if t.strip()] or None
+    if fields["language"] and "," in fields["language"]:
+        fields["language"] = [x.strip() for x in fields["language"].split(",")]
+    card = write_model_card(output_dir, **fields)
+    print(f"wrote {output_dir}/README.md ({len(card.data.eval_results or [])} model-index results)")
+    return 0
+
+
 _COMMANDS = {
     "augment": "Fine-tune a causal LM on 'label<sep>text' lines, generate new labelled sentences, filter them and "
     "relabel them with a teacher; saves a datasets folder.",
     "quantize": "Export a saved classifier to ONNX and keep the fastest INT8 configuration whose accuracy stays within "
     "the criterion (accuracy-aware search through Optimum and ONNX Runtime).",
+    "card": "Write a Hub-ready README.md model card (and accuracy_vs_latency.png) from a folder's measured "
+    "results.json or compression_report.json.",
     "demo": "Fine-tune the packaged MiniLM teacher on the built-in offline movie-review data, train a BERT-Mini-shaped "
     "student with and without distillation, and print accuracy, size and latency of all three.",
 }
@@ -161,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(sorted(_COMMANDS))}")
-    return {"demo": _demo, "augment": _augment, "quantize": _quantize}[command](rest)
+    return {"demo": _demo, "augment": _augment, "quantize": _quantize, "card": _card}[command](rest)
 
 
 def _version() -> str:

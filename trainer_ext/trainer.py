@@ -208,6 +208,7 @@ class DistillationTrainer(Trainer):
         self.augmentation_stats: dict[str, Any] | None = None
         if augmentation_args is not None:
             self._check_augmentation()
+        self._wire_model_card_callbacks(teacher_tokenizer)
         if not self.distilling:
             return
 
@@ -495,6 +496,28 @@ class DistillationTrainer(Trainer):
             optimizer.add_param_group({"params": list(self.hidden_projection.parameters()), "weight_decay": 0.0})
             self._projection_in_optimizer = True
         return optimizer
+
+    def _wire_model_card_callbacks(self, teacher_tokenizer: PreTrainedTokenizerBase | None) -> None:
+        """Give ModelCardCallbacks this trainer's teacher and augmentation statistics, unless they have their own."""
+        from .callbacks import ModelCardCallback
+
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ModelCardCallback):
+                if callback.teacher_model is None:
+                    callback.teacher_model = self.teacher_model
+                    callback.teacher_tokenizer = callback.teacher_tokenizer or teacher_tokenizer
+                callback.augmentation_stats_getter = lambda: self.augmentation_stats
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Keep a card written by `write_model_card` (measured numbers); otherwise Trainer's own.
+
+        `Trainer.push_to_hub` calls this before uploading and would replace README.md with its training summary.
+        """
+        from .cards import CARD_FILE, is_trainer_ext_card
+
+        if is_trainer_ext_card(os.path.join(self.args.output_dir, CARD_FILE)):
+            return
+        super().create_model_card(*args, **kwargs)
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)

@@ -1,0 +1,228 @@
+"""Model cards: metadata round trip, hostile strings, unmeasured variants, the callbacks, and a mocked Hub push."""
+
+import base64
+import json
+import re
+
+import pytest
+import requests
+import yaml
+from conftest import make_bert, make_dataset
+from huggingface_hub import ModelCard
+
+from trainer_ext import (
+    DistillationTrainer,
+    DistillationTrainingArguments,
+    ModelCardCallback,
+    ModelCardError,
+    QuantizationArguments,
+    QuantizationCallback,
+    measure_classifier,
+    write_model_card,
+)
+from trainer_ext.cards import NOT_MEASURED, PLOT_FILE, RESULTS_FILE
+
+
+def _results(tokenizer, data, int8: bool = True) -> dict:
+    """Results measured on the spot from tiny models (the numbers are real, only the models are small)."""
+    teacher = make_bert(tokenizer, hidden_size=64, seed=1)
+    student = make_bert(tokenizer, hidden_size=32, seed=2)
+    variants = {
+        "teacher": measure_classifier(teacher, tokenizer, data, runs=3),
+        "student_no_distillation": {},
+        "student_distilled": measure_classifier(student, tokenizer, data, runs=3),
+    }
+    variants["student_int8"] = (
+        {**variants["student_distilled"], "accuracy": variants["student_distilled"]["accuracy"] - 0.01}
+        if int8
+        else {"note": "no INT8 candidate was faster than FP32"}
+    )
+    return {
+        "variants": variants,
+        "model_variant": "student_distilled",
+        "metric": "accuracy",
+        "evaluation": {"dataset_id": "rotten_tomatoes", "split": "test", "examples": len(data)},
+        "latency": {"batch_size": 1, "sequence_length": 64, "runs": 3, "threads": 1, "cpu": "test cpu"},
+    }
+
+
+def _table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("| ")]
+
+
+def test_eval_results_round_trip_and_unmeasured_variants_are_not_numbers(tmp_path, tokenizer):
+    data = make_dataset(tokenizer, n=32)
+    results = _results(tokenizer, data, int8=False)
+    write_model_card(tmp_path, results, model_name="tiny-student", license="apache-2.0", dataset_name="RT")
+    card = ModelCard.load(tmp_path / "README.md")
+    got = [(r.metric_type, r.metric_value, r.dataset_type, r.dataset_split) for r in card.data.eval_results]
+    # Only this model's measured variants are in the model-index: the FP32 student; INT8 fell back to FP32.
+    assert got == [("accuracy", results["variants"]["student_distilled"]["accuracy"], "rotten_tomatoes", "test")]
+    assert card.data.pipeline_tag == "text-classification" and card.data.license == "apache-2.0"
+    assert "int8" not in card.data.tags and "distillation" in card.data.tags
+    rows = {row.split("|")[1].strip(): row for row in _table_rows(card.text)}
+    assert NOT_MEASURED in rows["student without distillation"]
+    assert rows["student INT8"].count(NOT_MEASURED) >= 3 and "%" not in rows["student INT8"]
+    assert f"{100 * results['variants']['teacher']['accuracy']:.2f}%" in rows["teacher"]
+    assert "no INT8 candidate was faster than FP32" in card.text
+    assert (tmp_path / PLOT_FILE).stat().st_size > 1000 and f"]({PLOT_FILE})" in card.text
+    assert 'file_name="model.onnx"' in card.text  # usage points at the file that exists
+
+
+def test_int8_variant_is_a_second_model_index_result(tmp_path, tokenizer):
+    data = make_dataset(tokenizer, n=32)
+    results = _results(tokenizer, data)
+    write_model_card(tmp_path, results)
+    card = ModelCard.load(tmp_path / "README.md")
+    expected = [results["variants"][k]["accuracy"] for k in ("student_distilled", "student_int8")]
+    assert [r.metric_value for r in card.data.eval_results] == expected
+    assert {"onnx", "int8"} <= set(card.data.tags) and 'file_name="model_quantized.onnx"' in card.text
+
+
+def test_hostile_strings_cannot_break_the_yaml_or_the_page(tmp_path, tokenizer):
+    data = make_dataset(tokenizer, n=16)
+    hostile = 'evil: "name"\n---\n# Boom | [x](javascript:alert(1)) <script>alert(1)</script> `code`'
+    write_model_card(
+        tmp_path,
+        _results(tokenizer, data),
+        model_name=hostile,
+        dataset_name=hostile,
+        dataset_config="a: b\nc",
+        license="other",
+        tags=["ok", "with: colon"],
+        limitations=["line one\n---\nline two | pipe"],
+    )
+    text = (tmp_path / "README.md").read_text()
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.model_name == hostile and card.data.eval_results[0].dataset_name == hostile
+    assert card.data.eval_results[0].dataset_config == "a: b\nc" and "with: colon" in card.data.tags
+    body = card.text
+    assert "<script>" not in body and "\n---\n" not in body and "\n# Boom" not in body
+    # Every table row still has exactly its columns: no pipe leaked from a user string.
+    for row in _table_rows(body):
+        assert len(re.findall(r"(?<!\\)\|", row)) in (5, 8)
+    assert len(re.findall(r"^---$", text, flags=re.M)) == 2  # only the YAML header's fences
+
+
+def test_missing_results_and_unwritable_folder_are_clear_errors(tmp_path):
+    with pytest.raises(ModelCardError, match="measured"):
+        write_model_card(tmp_path)
+    with pytest.raises(ModelCardError, match="not a folder"):
+        write_model_card(tmp_path / "nope", {"variants": {"student": {"accuracy": 0.5}}})
+    with pytest.raises(ModelCardError, match="nothing was measured"):
+        write_model_card(tmp_path, {"variants": {}})
+    with pytest.raises(TypeError, match="Unknown model card field"):
+        ModelCardCallback(licence="mit")
+    assert not (tmp_path / "README.md").exists()
+
+
+class _FakeHub:
+    """The Hub's HTTP API as seen by huggingface_hub: repo creation, pre-upload and commit, all recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.committed: dict[str, bytes] = {}
+        self.validated: list[dict] = []
+
+    def request(self, session, method, url, *args, **kwargs):
+        self.calls.append((method, url))
+        response = requests.Response()
+        response.status_code = 200
+        response.url = url
+        response.headers["Content-Type"] = "application/json"
+        payload: dict = {}
+        if url.endswith("/api/repos/create"):
+            payload = {"url": "https://huggingface.co/someone/tiny-student"}
+        elif url.endswith("/api/validate-yaml"):
+            # The Hub parses the card's YAML header before accepting a commit; so does this fake.
+            header = kwargs["json"]["content"].split("---")[1]
+            self.validated.append(yaml.safe_load(header))
+            payload = {"errors": [], "warnings": []}
+        elif "/preupload/" in url:
+            files = kwargs["json"]["files"]
+            payload = {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]}
+        elif "/commit/" in url:
+            body = kwargs.get("data")
+            raw = body if isinstance(body, bytes) else b"".join(body)
+            for line in raw.splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    self.committed[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            payload = {"commitUrl": "https://huggingface.co/someone/tiny-student/commit/abc", "commitOid": "a" * 40}
+        else:
+            response.status_code = 404
+            payload = {"error": f"unexpected call {method} {url}"}
+        response._content = json.dumps(payload).encode()
+        return response
+
+
+def test_callbacks_write_the_card_and_push_sends_card_weights_and_onnx(tmp_path, tokenizer, monkeypatch):
+    hub = _FakeHub()
+    monkeypatch.setattr(requests.Session, "request", lambda self, *a, **k: hub.request(self, *a, **k))
+    data = make_dataset(tokenizer, n=48)
+    teacher = make_bert(tokenizer, hidden_size=64, seed=1)
+    quantization = QuantizationCallback(
+        eval_dataset=data,
+        args=QuantizationArguments(approach="dynamic", latency_runs=3, require_speedup=False, max_absolute_drop=1.0),
+    )
+    card = ModelCardCallback(eval_dataset=data, latency_runs=5, license="mit", dataset_id="toy", dataset_split="test")
+    trainer = DistillationTrainer(
+        model=make_bert(tokenizer, hidden_size=32, seed=2),
+        teacher_model=teacher,
+        args=DistillationTrainingArguments(
+            output_dir=str(tmp_path),
+            num_train_epochs=1,
+            report_to="none",
+            save_strategy="no",
+            per_device_train_batch_size=16,
+            disable_tqdm=True,
+            dataloader_pin_memory=False,
+            push_to_hub=True,
+            hub_model_id="someone/tiny-student",
+            hub_token="hf_fake_token_for_tests",
+        ),
+        train_dataset=data,
+        processing_class=tokenizer,
+        callbacks=[quantization, card],
+    )
+    trainer.train()
+    results = json.loads((tmp_path / RESULTS_FILE).read_text())
+    assert card.teacher_model is teacher  # wired by DistillationTrainer
+    measured = [results["variants"][k]["accuracy"] for k in ("student_distilled", "student_int8")]
+    loaded = ModelCard.load(tmp_path / "README.md")
+    assert [r.metric_value for r in loaded.data.eval_results] == measured
+    assert results["variants"]["teacher"]["latency_ms"] > 0 and results["distillation"]["distillation_loss"] == "mse"
+    assert results["quantization"]["chosen"]["name"] != "fp32"
+    card_text = (tmp_path / "README.md").read_bytes()
+
+    trainer.push_to_hub(commit_message="test push")
+    pushed = set(hub.committed)
+    assert {"README.md", "model.safetensors", "config.json", "onnx/model.onnx", "onnx/model_quantized.onnx"} <= pushed
+    assert {PLOT_FILE, RESULTS_FILE, "compression_report.json", "tokenizer.json"} <= pushed
+    assert hub.validated and hub.validated[-1]["model-index"][0]["results"]
+    assert hub.committed["README.md"] == card_text  # Trainer.create_model_card did not replace the measured card
+    assert not [p for p in pushed if p.startswith("_")]  # the teacher-logit cache stays local
+
+
+def test_card_command_on_a_quantized_folder(tmp_path, tokenizer, capsys):
+    from trainer_ext import quantize_model
+    from trainer_ext.cli import main
+
+    data = make_dataset(tokenizer, n=32)
+    quantize_model(
+        make_bert(tokenizer, hidden_size=32, seed=2),
+        tokenizer,
+        data,
+        tmp_path,
+        QuantizationArguments(approach="dynamic", latency_runs=3, require_speedup=False, max_absolute_drop=1.0),
+    )
+    assert main(["card", str(tmp_path), "--license", "apache-2.0", "--tags", "a,b", "--repo_id", "me/m"]) == 0
+    assert "model-index results" in capsys.readouterr().out
+    card = ModelCard.load(tmp_path / "README.md")
+    report = json.loads((tmp_path / "compression_report.json").read_text())
+    assert [r.metric_value for r in card.data.eval_results] == [
+        report["fp32"]["accuracy"],
+        report["chosen"]["accuracy"],
+    ]
+    teacher_row = next(r for r in _table_rows(card.text) if r.startswith("| teacher"))
+    assert teacher_row.count(NOT_MEASURED) >= 3 and '"me/m"' in card.text
