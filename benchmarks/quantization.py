@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--student", default="outputs/demo/student_distilled")
     parser.add_argument("--output-dir", default="outputs/bench_quantization")
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=20, help="Interleaved rounds of 10 runs per model.")
+    parser.add_argument("--rounds", type=int, default=10, help="Interleaved rounds of 20 runs per model.")
     cli = parser.parse_args()
     hf_logging.set_verbosity_error()
     out = Path(cli.output_dir)
@@ -102,7 +102,7 @@ def main() -> None:
     ref = interleaved["BERT-Base-shaped PyTorch FP32"]["median_ms"]
     print(
         f"batch 1, length 64, {rows['student PyTorch FP32']['num_threads']} threads; 'ms (64)' = median of "
-        f"{cli.rounds} interleaved rounds x 10 runs, other columns per model ({cli.runs} runs)"
+        f"{cli.rounds} interleaved rounds x 20 runs, other columns per model ({cli.runs} runs)"
     )
     print(
         f"{'model':<52} {'ms (64)':>8} {'p90':>7} {'ms (real)':>9} {'e2e ms':>7} {'sent/s@32':>9} {'MB':>7} {'vs Base':>8}"

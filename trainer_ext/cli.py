@@ -173,11 +173,45 @@ def _card(argv: list[str]) -> int:
     return 0
 
 
+def _run(argv: list[str]) -> int:
+    import os
+
+    from transformers.utils import logging as hf_logging
+
+    from .pipeline import Pipeline, summary_table
+    from .recipe import load_recipe, parse_overrides
+
+    if argv and argv[0] in ("-h", "--help"):
+        print(
+            "usage: trainer-ext run RECIPE.yaml [--profile NAME] [--section.key value ...]\n\n"
+            + _COMMANDS["run"]
+            + "\n\nSections: run, teacher_training, student_training, augmentation, quantization, card."
+        )
+        return 0
+    if not argv or argv[0].startswith("--"):
+        print("trainer-ext run: error: give a recipe file, e.g. recipes/rotten_tomatoes_offline.yaml", file=sys.stderr)
+        return 2
+    overrides, profile = parse_overrides(argv[1:])
+    recipe = load_recipe(argv[0], overrides, profile)
+    hf_logging.set_verbosity_warning()
+    pipeline = Pipeline(recipe)
+    results = pipeline.run()
+    if pipeline.state.is_main_process:
+        print()
+        print(f"{recipe.run.dataset}, {recipe.run.test_split} split; latency at batch 1, length 64 (interleaved)")
+        print(summary_table(results))
+        print(f"results: {os.path.join(recipe.run.output_dir, 'results.json')}")
+        print(f"card and ONNX: {os.path.join(recipe.run.output_dir, 'student_distilled')}")
+    return 0
+
+
 _COMMANDS = {
     "augment": "Fine-tune a causal LM on 'label<sep>text' lines, generate new labelled sentences, filter them and "
     "relabel them with a teacher; saves a datasets folder.",
     "quantize": "Export a saved classifier to ONNX and keep the fastest INT8 configuration whose accuracy stays within "
     "the criterion (accuracy-aware search through Optimum and ONNX Runtime).",
+    "run": "Run a recipe: data, teacher, student without distillation, augmentation, distillation, quantization, "
+    "benchmark and model card; each finished stage is reused on a re-run.",
     "card": "Write a Hub-ready README.md model card (and accuracy_vs_latency.png) from a folder's measured "
     "results.json or compression_report.json.",
     "demo": "Fine-tune the packaged MiniLM teacher on the built-in offline movie-review data, train a BERT-Mini-shaped "
@@ -201,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(sorted(_COMMANDS))}")
-    return {"demo": _demo, "augment": _augment, "quantize": _quantize, "card": _card}[command](rest)
+    return {"demo": _demo, "augment": _augment, "quantize": _quantize, "card": _card, "run": _run}[command](rest)
 
 
 def _version() -> str:

@@ -1,0 +1,237 @@
+"""`trainer-ext run`: recipes, the staged pipeline end to end on tiny models, resume, bad input, distributed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import make_bert, make_sentences, train_wordpiece_tokenizer
+from huggingface_hub import ModelCard
+from test_augmentation import byte_level_tokenizer, tiny_gpt2
+
+from trainer_ext.pipeline import STAGES, Pipeline, PipelineError
+from trainer_ext.recipe import RecipeError, load_recipe, parse_overrides
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_assets(root: Path) -> dict[str, str]:
+    """A labelled CSV folder, a tiny BERT encoder (not a classifier: the pipeline must fine-tune it), a tiny
+    student folder on the same vocabulary, and a tiny GPT-2 generator; all built on the spot."""
+    texts, labels = make_sentences(240, seed=11)
+    names = ["neg", "pos"]
+    data = root / "data"
+    data.mkdir(parents=True)
+    frame = pd.DataFrame({"text": texts, "label": [names[y] for y in labels]})
+    frame[:160].to_csv(data / "train.csv", index=False)
+    frame[160:200].to_csv(data / "validation.csv", index=False)
+    frame[200:].to_csv(data / "test.csv", index=False)
+    tokenizer = train_wordpiece_tokenizer(make_sentences(400, seed=1)[0])
+    encoder = make_bert(tokenizer, hidden_size=48, num_hidden_layers=2, seed=1).bert
+    encoder.save_pretrained(root / "teacher")
+    tokenizer.save_pretrained(root / "teacher")
+    student = make_bert(tokenizer, hidden_size=32, num_hidden_layers=1, seed=2)
+    student.save_pretrained(root / "student")
+    tokenizer.save_pretrained(root / "student")
+    gen_tok = byte_level_tokenizer(texts + names)
+    tiny_gpt2(gen_tok).save_pretrained(root / "generator")
+    gen_tok.save_pretrained(root / "generator")
+    return {"data": str(data), "teacher": str(root / "teacher"), "student": str(root / "student")}
+
+
+def tiny_recipe(root: Path, assets: dict[str, str], **run) -> Path:
+    recipe = {
+        "run": {
+            "output_dir": str(root / "out"),
+            "dataset": assets["data"],
+            "teacher": assets["teacher"],
+            "student": assets["student"],
+            "latency_runs": 20,
+            **run,
+        },
+        "teacher_training": {"num_train_epochs": 2, "learning_rate": 1e-3, "disable_tqdm": True},
+        "student_training": {
+            "num_train_epochs": 1,
+            "learning_rate": 1e-3,
+            "distillation_loss": "kl",
+            "disable_tqdm": True,
+        },
+        "augmentation": {
+            "generator_name_or_path": str(root / "generator"),
+            "fine_tune_max_samples": 32,
+            "fine_tune_batch_size": 16,
+            "num_samples": 12,
+            "generation_batch_size": 8,
+            "shard_size": 8,
+            "max_new_tokens": 10,
+            "min_words": 1,
+            "max_words": 40,
+            "max_attempts_factor": 30,
+        },
+        "quantization": {
+            "approach": "dynamic",
+            "per_channel": "false",
+            "optimization_levels": "0",
+            "latency_runs": 3,
+            "max_absolute_drop": 1.0,
+            "require_speedup": False,
+        },
+        "card": {"license": "mit", "dataset_name": "toy reviews"},
+    }
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    assets = write_assets(root)
+    recipe_path = tiny_recipe(root, assets)
+    pipeline = Pipeline(load_recipe(recipe_path), progress=lambda _m: None)
+    results = pipeline.run()
+    return root, recipe_path, pipeline, results
+
+
+def test_every_stage_runs_and_results_hold_every_variant(finished_run):
+    root, _, pipeline, results = finished_run
+    out = root / "out"
+    assert [s for s in STAGES if pipeline.stage_status.get(s) == "ran"] == list(STAGES)
+    for name in ("teacher", "student_no_distillation", "student_distilled", "student_int8"):
+        v = results["variants"][name]
+        assert 0.0 <= v["accuracy"] <= 1.0 and v["latency_ms"] > 0 and v["size_mb"] > 0, name
+        assert v["eval_examples"] == 40
+    assert results["variants"]["student_int8"]["runtime"] == "ONNX Runtime INT8"
+    assert set(results["stages"]) == set(STAGES) and all(s >= 0 for s in results["stages"].values())
+    # The teacher was an encoder without a classification head: the pipeline fine-tuned it for these labels.
+    teacher_config = json.loads((out / "teacher" / "config.json").read_text())
+    assert teacher_config["architectures"] == ["BertForSequenceClassification"]
+    assert teacher_config["id2label"] == {"0": "neg", "1": "pos"}
+    augmentation = json.loads((out / "augmentation" / "summary.json").read_text())
+    assert augmentation["kept"] > 0 and augmentation["processes"] == 1
+    folder = out / "student_distilled"
+    assert (folder / "onnx" / "model_quantized.onnx").exists() and (folder / "compression_report.json").exists()
+    card = ModelCard.load(folder / "README.md")
+    expected = [results["variants"][k]["accuracy"] for k in ("student_distilled", "student_int8")]
+    assert [r.metric_value for r in card.data.eval_results] == expected
+    assert json.loads((folder / "results.json").read_text())["variants"] == results["variants"]
+
+
+def test_rerun_resumes_and_redoes_nothing(finished_run):
+    root, recipe_path, _, results = finished_run
+    out = root / "out"
+    watched = [out / "teacher" / "model.safetensors", out / "student_distilled" / "model.safetensors"]
+    before = [p.stat().st_mtime_ns for p in watched]
+    again = Pipeline(load_recipe(recipe_path), progress=lambda _m: None)
+    # Only the benchmark and card are cheap enough to matter little, but even they are reused.
+    rerun = again.run()
+    assert set(again.stage_status.values()) == {"reused"}
+    assert [p.stat().st_mtime_ns for p in watched] == before
+    assert rerun["variants"] == results["variants"]
+
+
+def test_changed_settings_are_refused_without_touching_outputs(finished_run):
+    root, recipe_path, _, _ = finished_run
+    out = root / "out"
+    before = (out / "student_distilled" / "model.safetensors").stat().st_mtime_ns
+    recipe = load_recipe(recipe_path, overrides={"student_training": {"num_train_epochs": "2"}})
+    with pytest.raises(PipelineError, match="other settings"):
+        Pipeline(recipe, progress=lambda _m: None).run()
+    assert (out / "student_distilled" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_interrupted_stage_is_redone_on_resume(tmp_path):
+    """A stage killed before its marker was written runs again; the stages before it are reused."""
+    assets = write_assets(tmp_path)
+    recipe = load_recipe(tiny_recipe(tmp_path, assets, augment=False))
+    first = Pipeline(recipe, progress=lambda _m: None)
+
+    def crash():
+        raise KeyboardInterrupt
+
+    first.stage_quantization = crash
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    assert not (tmp_path / "out" / "stages" / "quantization.json").exists()
+    second = Pipeline(recipe, progress=lambda _m: None)
+    second.run()
+    assert second.stage_status["distillation"] == "reused" and second.stage_status["quantization"] == "ran"
+    assert second.stage_status["augmentation"].startswith("skipped")
+
+
+def test_recipe_errors_are_clear(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match=r"Did you mean 'num_samples'\?.*Valid keys of 'augmentation'"):
+        load_recipe(None, overrides={"augmentation": {"num_sample": "5"}})
+    with pytest.raises(RecipeError, match="Unknown recipe section 'quantisation'.*'quantization'"):
+        load_recipe(None, overrides={"quantisation": {"approach": "dynamic"}})
+    with pytest.raises(RecipeError, match="set by the pipeline"):
+        load_recipe(None, overrides={"student_training": {"output_dir": "x"}})
+    with pytest.raises(RecipeError, match="Unknown profile 'fast'.*quick"):
+        load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="fast")
+    with pytest.raises(RecipeError, match="expected true/false"):
+        load_recipe(None, overrides={"run": {"augment": "maybe"}})
+    overrides, profile = parse_overrides(["--profile", "quick", "--augmentation.num_samples=7", "--run.seed", "3"])
+    assert profile == "quick" and overrides == {"augmentation": {"num_samples": "7"}, "run": {"seed": "3"}}
+
+
+def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    recipe = load_recipe(None, overrides={"run": {"output_dir": str(blocker / "out")}})
+    with pytest.raises(PipelineError, match="Cannot create the output directory"):
+        Pipeline(recipe, progress=lambda _m: None).run()
+    empty = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), progress=print)
+    with pytest.raises(PipelineError, match="no trained student"):
+        empty.stage_quantization()
+
+
+def test_shipped_recipes_parse_to_the_reference_settings_without_downloading():
+    quick = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="quick")
+    assert quick.run.teacher == "packaged:minilm" and quick.run.student == "bert-mini"
+    assert quick.augmentation.generator_name_or_path == "packaged:smollm2" and quick.run.max_train_samples == 1000
+    sst2 = load_recipe(ROOT / "recipes" / "sst2_bert_mini.yaml", overrides={"run": {"seed": "7"}})
+    assert (sst2.run.dataset, sst2.run.dataset_config, sst2.run.text_column) == ("glue", "sst2", "sentence")
+    assert sst2.run.student == "google/bert_uncased_L-4_H-256_A-4"
+    assert sst2.augmentation.generator_name_or_path == "gpt2-medium" and sst2.augmentation.top_p == 0.9
+    t = sst2.student_training
+    assert (t.distillation_loss, t.distillation_weight, t.learning_rate) == ("mse", 1.0, 6e-5)
+    assert (t.per_device_train_batch_size, t.num_train_epochs, sst2.run.max_length) == (128, 7, 64)
+    assert sst2.run.seed == 7 and sst2.card.base_model == "google/bert_uncased_L-4_H-256_A-4"
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes_run_the_recipe_once(tmp_path):
+    assets = write_assets(tmp_path)
+    recipe = tiny_recipe(tmp_path, assets)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29523", "-m", "trainer_ext.cli", "run", str(recipe)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert results["processes"] == 2
+    augmentation = json.loads((out / "augmentation" / "summary.json").read_text())
+    # Sampling was split: each process produced its share of the 12 samples.
+    assert augmentation["processes"] == 2 and len(augmentation["kept_per_process"]) == 2
+    assert all(k > 0 for k in augmentation["kept_per_process"])
+    assert all(
+        results["variants"][k]["accuracy"] is not None for k in ("teacher", "student_distilled", "student_int8")
+    )
+    assert result.stdout.count("student_distilled") >= 1 and (out / "student_distilled" / "README.md").exists()

@@ -1,0 +1,541 @@
+"""`trainer-ext run RECIPE`: the whole compression job, stage by stage, resumable and distributed.
+
+Stages: data -> teacher (fine-tuned when it is not yet a classifier for the task) -> student without distillation
+(the comparison row) -> augmentation (generator fine-tuning, sampling, teacher relabelling) -> distillation ->
+quantization -> benchmark -> card. Each stage writes its outputs under `run.output_dir`, then a marker
+`stages/<stage>.json` holding its settings and duration. A re-run skips every stage whose marker matches its settings
+(an interrupted run resumes and redoes nothing); a marker with other settings is an error, never an overwrite, so a
+finished stage's outputs are never deleted or corrupted by a later one.
+
+Under `torchrun --nproc_per_node N` training stages run data-parallel (Trainer), the generator's sampling is split
+across processes, the teacher's logits are computed in shares, and only the main process writes shared files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    PreTrainedModel,
+    Trainer,
+    TrainingArguments,
+)
+from transformers.utils import logging
+
+from .assets import minilm_teacher_path, smollm2_gguf_path
+from .augmentation import TextGenerationAugmenter, merge_with_original, normalize_text
+from .benchmark import fixed_length_runner, interleaved_latency, measure_classifier
+from .cards import INT8_VARIANT, RESULTS_FILE, write_model_card
+from .data import id2label_label2id, label_names, load_text_classification_dataset
+from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
+from .recipe import PACKAGED_GENERATOR, PACKAGED_TEACHER, Recipe
+from .students import STUDENT_PRESETS, build_student
+from .trainer import DistillationTrainer
+
+logger = logging.get_logger(__name__)
+
+STAGES = (
+    "data",
+    "teacher",
+    "student_no_distillation",
+    "augmentation",
+    "distillation",
+    "quantization",
+    "benchmark",
+    "card",
+)
+STAGE_DIR = "stages"
+VARIANTS = ("teacher", "student_no_distillation", "student_distilled", INT8_VARIANT)
+
+
+class PipelineError(RuntimeError):
+    """A stage cannot run as configured; the message says what to do. Raised before the stage's long work."""
+
+
+def _hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _settings(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass's explicit settings, without the ones that do not change the outputs."""
+    ignored = {"output_dir", "logging_dir", "disable_tqdm", "dataloader_num_workers", *skip}
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if f.init and f.name not in ignored}
+
+
+def _atomic_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _save_model(model: PreTrainedModel, tokenizer: Any, path: Path) -> None:
+    """Save to a temporary folder and rename: an interrupted save never looks like a finished model."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+class Pipeline:
+    """Runs a `Recipe`. `run()` returns the results dict that `results.json` holds."""
+
+    def __init__(self, recipe: Recipe, progress: Callable[[str], None] = print) -> None:
+        self.recipe = recipe
+        self.args = recipe.run
+        self.out = Path(self.args.output_dir)
+        self.state = PartialState()
+        self.progress = progress if self.state.is_main_process else (lambda _msg: None)
+        self.stage_seconds: dict[str, float] = {}
+        self.stage_status: dict[str, str] = {}
+        self.chain: list[str] = []  # settings hashes of the stages so far: a stage depends on all before it
+
+    # ------------------------------------------------------------------------------------------ orchestration
+    def check(self) -> None:
+        """Everything that can be checked before long work starts."""
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PipelineError(f"Cannot create the output directory {self.out}: {err}. Set run.output_dir.") from err
+        probe = self.out / ".write_test"
+        try:
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise PipelineError(
+                f"Cannot write to {self.out}: {err}. Set run.output_dir to a writable folder."
+            ) from err
+        self._resolve_teacher_source()
+        if self.args.augment:
+            self._resolve_generator_source()
+
+    def run(self) -> dict[str, Any]:
+        self.check()
+        data = self._stage("data", self._data_settings(), self.stage_data)
+        self.data = data
+        self._stage("teacher", self._teacher_settings(), self.stage_teacher)
+        self._stage("student_no_distillation", self._student_settings(), self.stage_student_no_distillation)
+        if self.args.augment:
+            self._stage("augmentation", _settings(self.recipe.augmentation), self.stage_augmentation)
+        else:
+            self.stage_status["augmentation"] = "skipped (run.augment is false)"
+        self._stage("distillation", _settings(self.recipe.student_training), self.stage_distillation)
+        self._stage("quantization", _settings(self.recipe.quantization), self.stage_quantization)
+        self._stage("benchmark", {"latency_runs": self.args.latency_runs}, self.stage_benchmark)
+        self._stage("card", asdict(self.recipe.card), self.stage_card)
+        return json.loads((self.out / RESULTS_FILE).read_text())
+
+    def _marker(self, stage: str) -> Path:
+        return self.out / STAGE_DIR / f"{stage}.json"
+
+    def _stage(self, name: str, settings: dict[str, Any], fn: Callable[[], Any]) -> Any:
+        key = _hash([self.chain, settings])
+        self.chain.append(key)
+        marker = self._marker(name)
+        if marker.exists():
+            done = json.loads(marker.read_text())
+            if done.get("key") == key:
+                self.stage_seconds[name] = done["seconds"]
+                self.stage_status[name] = "reused"
+                self.progress(f"[{name}] done in an earlier run ({done['seconds']:.0f} s): reusing {marker.parent}")
+                return self._reload(name)
+            raise PipelineError(
+                f"Stage {name!r} in {self.out} was finished with other settings (or after different earlier "
+                f"stages). Use a new run.output_dir, or delete {marker} and the stages after it to redo them."
+            )
+        self.progress(f"[{name}] running")
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+        self.state.wait_for_everyone()
+        if self.state.is_main_process:
+            _atomic_json(marker, {"key": key, "seconds": seconds, "settings": settings, "finished": time.time()})
+        self.state.wait_for_everyone()
+        self.stage_seconds[name] = seconds
+        self.stage_status[name] = "ran"
+        self.progress(f"[{name}] finished in {seconds:.0f} s")
+        return result
+
+    def _reload(self, name: str) -> Any:
+        return self._load_data() if name == "data" else None
+
+    # --------------------------------------------------------------------------------------------------- data
+    def _data_settings(self) -> dict[str, Any]:
+        keys = ("dataset", "dataset_config", "text_column", "label_column", "max_train_samples", "max_eval_samples")
+        return {k: getattr(self.args, k) for k in keys} | {"seed": self.args.seed}
+
+    def _load_data(self) -> DatasetDict:
+        a = self.args
+        data = load_text_classification_dataset(
+            a.dataset,
+            config_name=a.dataset_config,
+            text_column=a.text_column,
+            label_column=a.label_column,
+            seed=a.seed,
+            max_train_samples=a.max_train_samples,
+        )
+        for split in (a.eval_split, a.test_split):
+            if split not in data:
+                raise PipelineError(
+                    f"The data has no {split!r} split (it has {list(data)}); set run.eval_split/test_split."
+                )
+            if a.max_eval_samples and len(data[split]) > a.max_eval_samples:
+                data[split] = data[split].shuffle(seed=a.seed).select(range(a.max_eval_samples))
+        return data
+
+    def stage_data(self) -> DatasetDict:
+        data = self._load_data()
+        if self.state.is_main_process:
+            summary = {split: len(ds) for split, ds in data.items()} | {"labels": label_names(data["train"])}
+            _atomic_json(self.out / "data" / "summary.json", summary)
+        return data
+
+    # ------------------------------------------------------------------------------------------------ teacher
+    def _resolve_teacher_source(self) -> str:
+        return str(minilm_teacher_path()) if self.args.teacher == PACKAGED_TEACHER else self.args.teacher
+
+    def _resolve_generator_source(self) -> str:
+        name = self.recipe.augmentation.generator_name_or_path
+        return str(smollm2_gguf_path()) if name == PACKAGED_GENERATOR else name
+
+    def _teacher_settings(self) -> dict[str, Any]:
+        return {"teacher": self.args.teacher, "fine_tune": self.args.teacher_fine_tune} | _settings(
+            self.recipe.teacher_training
+        )
+
+    def _needs_fine_tuning(self, source: str, names: list[str]) -> bool:
+        if self.args.teacher_fine_tune != "auto":
+            return self.args.teacher_fine_tune == "true"
+        config = AutoConfig.from_pretrained(source)
+        is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
+        same_labels = [config.id2label.get(i) for i in range(config.num_labels)] == names
+        if is_classifier and not same_labels:
+            logger.warning(
+                f"The teacher {source} classifies {list(config.id2label.values())}, not {names}: fine-tuning it."
+            )
+        return not (is_classifier and same_labels)
+
+    def _training_args(self, base: TrainingArguments, stage: str, **extra: Any) -> TrainingArguments:
+        seed = base.seed if "seed" in self.recipe.raw.get(self._section_of(base), {}) else self.args.seed
+        use_cpu = base.use_cpu or (self.state.num_processes > 1 and not torch.cuda.is_available())
+        return replace(base, output_dir=str(self.out / "runs" / stage), seed=seed, use_cpu=use_cpu, **extra)
+
+    def _section_of(self, base: TrainingArguments) -> str:
+        return "student_training" if base is self.recipe.student_training else "teacher_training"
+
+    def _tokenized(self, tokenizer: Any, dataset: Dataset) -> Dataset:
+        return dataset.map(
+            lambda b: tokenizer(b["text"], truncation=True, max_length=self.args.max_length), batched=True
+        )
+
+    def stage_teacher(self) -> None:
+        source = self._resolve_teacher_source()
+        names = label_names(self.data["train"])
+        id2label, label2id = id2label_label2id(names)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        if not self._needs_fine_tuning(source, names):
+            teacher = AutoModelForSequenceClassification.from_pretrained(source)
+        else:
+            teacher = AutoModelForSequenceClassification.from_pretrained(
+                source, num_labels=len(names), id2label=id2label, label2id=label2id
+            )
+            trainer = Trainer(
+                model=teacher,
+                args=self._training_args(self.recipe.teacher_training, "teacher"),
+                train_dataset=self._tokenized(tokenizer, self.data["train"]),
+                processing_class=tokenizer,
+                data_collator=DataCollatorWithPadding(tokenizer),
+            )
+            trainer.train()
+            teacher = trainer.model
+        if self.state.is_main_process:
+            _save_model(teacher, tokenizer, self.out / "teacher")
+
+    def _teacher(self) -> tuple[PreTrainedModel, Any]:
+        path = self.out / "teacher"
+        if not (path / "config.json").exists():
+            raise PipelineError(f"The teacher stage's output {path} is missing; delete {self._marker('teacher')}.")
+        return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+    # ----------------------------------------------------------------------------------------------- students
+    def _student_settings(self) -> dict[str, Any]:
+        return {"student": self.args.student, "max_length": self.args.max_length} | _settings(
+            self.recipe.student_training
+        )
+
+    def _initial_student(self) -> tuple[PreTrainedModel, Any]:
+        """The student both runs start from, saved once so that a resumed run starts from the same weights."""
+        path = self.out / "student_init"
+        if not (path / "config.json").exists():
+            teacher, teacher_tokenizer = self._teacher()
+            names = label_names(self.data["train"])
+            if self.args.student in STUDENT_PRESETS:
+                student, tokenizer = (
+                    build_student(teacher, preset=self.args.student, seed=self.args.seed),
+                    teacher_tokenizer,
+                )
+            else:
+                id2label, label2id = id2label_label2id(names)
+                torch.manual_seed(self.args.seed)
+                student = AutoModelForSequenceClassification.from_pretrained(
+                    self.args.student, num_labels=len(names), id2label=id2label, label2id=label2id
+                )
+                tokenizer = AutoTokenizer.from_pretrained(self.args.student)
+            if self.state.is_main_process:
+                _save_model(student, tokenizer, path)
+            self.state.wait_for_everyone()
+        return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+    def _train_student(self, name: str, train: Dataset, teacher: PreTrainedModel | None, teacher_tok: Any) -> None:
+        student, tokenizer = self._initial_student()
+        args = self._training_args(
+            self.recipe.student_training, name, teacher_cache_dir=str(self.out / "_teacher_logits")
+        )
+        # The teacher reads raw text with its own tokenizer when the vocabularies differ (a Hub student).
+        trainer = DistillationTrainer(
+            model=student,
+            args=args,
+            train_dataset=self._tokenized(tokenizer, train),
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            teacher_model=teacher,
+            teacher_tokenizer=teacher_tok if teacher is not None else None,
+        )
+        trainer.train()
+        if self.state.is_main_process:
+            _save_model(trainer.model, tokenizer, self.out / name)
+
+    def stage_student_no_distillation(self) -> None:
+        # Without a teacher DistillationTrainer is exactly Trainer: the comparison row differs only in the loss.
+        self._train_student("student_no_distillation", self.data["train"], None, None)
+
+    # ------------------------------------------------------------------------------------------- augmentation
+    def stage_augmentation(self) -> None:
+        """Fine-tune the generator (data-parallel), sample in shares per process, de-duplicate, relabel."""
+        teacher, teacher_tokenizer = self._teacher()
+        aug_dir = self.out / "augmentation"
+        base = replace(self.recipe.augmentation, output_dir=str(aug_dir), max_length=self.args.max_length)
+        base = replace(base, generator_name_or_path=self._resolve_generator_source())
+        train = self.data["train"]
+        exclude = [t for s in (self.args.eval_split, self.args.test_split) for t in self.data[s]["text"]]
+        names = label_names(train)
+        generator_dir = aug_dir / "generator"
+        if base.fine_tune:
+            augmenter = TextGenerationAugmenter(base.generator_name_or_path, args=base)
+            augmenter._length_bounds([str(t) for t in train["text"]])
+            augmenter.fine_tune(train, augmenter.prompt_names(names))  # reuses generator/ when a run left it
+            self.state.wait_for_everyone()
+        rank, world = self.state.process_index, self.state.num_processes
+        share = base.num_samples // world + (1 if rank < base.num_samples % world else 0)
+        local = replace(
+            base,
+            generator_name_or_path=str(generator_dir) if base.fine_tune else base.generator_name_or_path,
+            gguf_file=None if base.fine_tune else base.gguf_file,
+            fine_tune=False,
+            num_samples=share,
+            seed=base.seed + 1009 * rank,
+            output_dir=str(aug_dir / f"process_{rank}"),
+        )
+        augmenter = TextGenerationAugmenter(local.generator_name_or_path, args=local)
+        generated = augmenter.augment(train, teacher=None, exclude_texts=exclude)  # relabelled below, together
+        generated.select_columns(["text", "prompt_label"]).save_to_disk(str(aug_dir / f"process_{rank}" / "kept"))
+        self.state.wait_for_everyone()
+        parts = [load_from_disk(str(aug_dir / f"process_{r}" / "kept")) for r in range(world)]
+        stats = [
+            json.loads((aug_dir / f"process_{r}" / "augmentation_stats.json").read_text())["stats"]
+            for r in range(world)
+        ]
+        merged = concatenate_datasets(parts)
+        seen, keep = set(), []
+        for i, text in enumerate(merged["text"]):  # processes sample independently: drop cross-process duplicates
+            key = normalize_text(text)
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        merged = merged.select(keep)
+        # Every process relabels the same merged set: compute_teacher_logits splits it and gathers the logits.
+        augmenter.args = replace(local, output_dir=str(aug_dir))  # the relabelling's teacher-logit cache goes here
+        summary: dict[str, Any] = {
+            "generated": sum(s.get("generated", 0) for s in stats),
+            "kept_per_process": [s.get("kept", 0) for s in stats],
+            "cross_process_duplicates": sum(len(p) for p in parts) - len(merged),
+            "processes": world,
+            "fine_tune_seconds": max(s.get("fine_tune_seconds", 0.0) for s in stats),
+            "generation_seconds": max(s.get("generation_seconds", 0.0) for s in stats),
+        }
+        relabelled = augmenter._relabel(merged, teacher, teacher_tokenizer, names, summary)
+        summary["kept"] = len(relabelled)
+        if self.state.is_main_process:
+            path = aug_dir / "augmented"
+            tmp = aug_dir / "augmented.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            relabelled.save_to_disk(str(tmp))
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+            _atomic_json(aug_dir / "summary.json", summary)
+
+    # ------------------------------------------------------------------------------------------- distillation
+    def stage_distillation(self) -> None:
+        teacher, teacher_tokenizer = self._teacher()
+        train = self.data["train"]
+        augmented = self.out / "augmentation" / "augmented"
+        if self.args.augment:
+            if not augmented.exists():
+                raise PipelineError(f"The augmentation output {augmented} is missing; delete its stage marker.")
+            train = merge_with_original(train, load_from_disk(str(augmented)))
+            train = train.remove_columns([c for c in train.column_names if c not in ("text", "label")])
+        self._train_student("student_distilled", train, teacher, teacher_tokenizer)
+
+    # ------------------------------------------------------------------------------------------- quantization
+    def stage_quantization(self) -> None:
+        path = self.out / "student_distilled"
+        if not (path / "config.json").exists():
+            raise PipelineError(f"There is no trained student in {path} to quantize; run the distillation stage.")
+        if self.state.is_main_process:
+            quantize_model(
+                str(path),
+                AutoTokenizer.from_pretrained(path),
+                self.data[self.args.eval_split],
+                path,
+                self.recipe.quantization,
+                calibration_dataset=self.data["train"],
+            )
+
+    # --------------------------------------------------------------------------------------------- benchmark
+    def stage_benchmark(self) -> None:
+        if not self.state.is_main_process:
+            return
+        test = self.data[self.args.test_split]
+        teacher, teacher_tokenizer = self._teacher()
+        sources: dict[str, Any] = {"teacher": (teacher, teacher_tokenizer)}
+        for name in ("student_no_distillation", "student_distilled"):
+            path = self.out / name
+            if not (path / "config.json").exists():
+                raise PipelineError(f"{path} is missing; delete its stage marker to retrain it.")
+            sources[name] = (
+                AutoModelForSequenceClassification.from_pretrained(path),
+                AutoTokenizer.from_pretrained(path),
+            )
+        int8 = self.out / "student_distilled" / ONNX_SUBFOLDER / INT8_FILE
+        report_path = self.out / "student_distilled" / REPORT_FILE
+        report = json.loads(report_path.read_text()) if report_path.exists() else None
+        student_tok = sources["student_distilled"][1]
+        variants: dict[str, Any] = {}
+        for name, (model, tok) in sources.items():
+            variants[name] = measure_classifier(model, tok, test, runs=self.args.latency_runs)
+        if int8.exists():
+            variants[INT8_VARIANT] = measure_classifier(
+                int8,
+                student_tok,
+                test,
+                runs=self.args.latency_runs,
+                parameters=variants["student_distilled"]["parameters"],
+            )
+        else:
+            reason = report["chosen"].get("reason") if report else "quantization did not run"
+            variants[INT8_VARIANT] = {"note": reason}
+        # Headline latency: every variant timed in alternation (the CPU's speed drifts over minutes).
+        runners = {name: fixed_length_runner(m, t, str(test[0]["text"])) for name, (m, t) in sources.items()}
+        if int8.exists():
+            runners[INT8_VARIANT] = fixed_length_runner(int8, student_tok, str(test[0]["text"]))
+        rounds = max(1, self.args.latency_runs // 20)
+        for name, latency in interleaved_latency(runners, rounds=rounds).items():
+            variants[name]["latency_ms"] = latency["median_ms"]
+            variants[name]["latency_p90_ms"] = latency["p90_ms"]
+        teacher_ms = variants["teacher"]["latency_ms"]
+        for v in variants.values():
+            if v.get("latency_ms"):
+                v["speedup_vs_teacher"] = teacher_ms / v["latency_ms"]
+        summary_path = self.out / "augmentation" / "summary.json"
+        results = {
+            "variants": variants,
+            "model_variant": "student_distilled",
+            "metric": "accuracy",
+            "evaluation": {
+                "dataset_id": self.args.dataset,
+                "dataset_config": self.args.dataset_config,
+                "split": self.args.test_split,
+                "examples": len(test),
+            },
+            "latency": {
+                "batch_size": 1,
+                "sequence_length": 64,
+                "runs": rounds * 20,
+                "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "method": "interleaved rounds of 20 runs per variant, each after 5 warm-up runs",
+            },
+            "teacher": self.args.teacher,
+            "student_base": self.args.student,
+            "distillation": {
+                k: getattr(self.recipe.student_training, k)
+                for k in (
+                    "distillation_loss",
+                    "temperature",
+                    "distillation_weight",
+                    "num_train_epochs",
+                    "learning_rate",
+                    "per_device_train_batch_size",
+                )
+            },
+            "augmentation": json.loads(summary_path.read_text()) if summary_path.exists() else None,
+            "quantization": report,
+            "recipe": {"source": self.recipe.source, "profile": self.recipe.profile, "values": self.recipe.raw},
+            "processes": self.state.num_processes,
+        }
+        _atomic_json(self.out / RESULTS_FILE, results)
+
+    # -------------------------------------------------------------------------------------------------- card
+    def stage_card(self) -> None:
+        if not self.state.is_main_process:
+            return
+        results = json.loads((self.out / RESULTS_FILE).read_text())
+        results["stages"] = dict(self.stage_seconds)
+        _atomic_json(self.out / RESULTS_FILE, results)
+        folder = self.out / "student_distilled"
+        shutil.copy2(self.out / RESULTS_FILE, folder / RESULTS_FILE)
+        card = asdict(self.recipe.card)
+        card["model_name"] = card["model_name"] or f"{Path(self.args.output_dir).name}-student"
+        write_model_card(folder, results, **card)
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """The run's measured variants, one line each (test split; latency at batch 1, length 64)."""
+    header = (
+        f"{'variant':<26} {'runtime':<18} {'accuracy':>9} {'latency ms':>11} {'speed-up':>9} {'MB':>7} {'params':>12}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, v in results["variants"].items():
+        if v.get("accuracy") is None:
+            lines.append(f"{name:<26} not measured: {v.get('note', '')}")
+            continue
+        params = f"{v['parameters']:,}" if v.get("parameters") else "-"
+        lines.append(
+            f"{name:<26} {v['runtime']:<18} {100 * v['accuracy']:>8.2f}% {v['latency_ms']:>11.2f} "
+            f"{v.get('speedup_vs_teacher', float('nan')):>8.2f}x {v['size_mb']:>7.1f} {params:>12}"
+        )
+    if results.get("stages"):
+        lines.append("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in results["stages"].items()))
+    return "\n".join(lines)
+
+
+__all__ = ["Pipeline", "PipelineError", "STAGES", "summary_table"]
