@@ -283,6 +283,8 @@ class TextGenerationAugmenter:
                 report_to="none",
                 seed=args.seed,
                 dataloader_pin_memory=False,
+                # Under torchrun on CPU, Trainer only trains data-parallel with use_cpu (else every rank trains alone).
+                use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
             ),
             train_dataset=encoded,
             # Labels are set before padding and padded with -100: the language-modelling collator would mask every

@@ -277,7 +277,7 @@ def _limitations(results: dict[str, Any], extra: Iterable[str]) -> list[str]:
     int8 = results["variants"].get(INT8_VARIANT) or {}
     if not measured(int8):
         lines.append(f"No INT8 model is included: {md(int8.get('note', 'quantization was not run'))}.")
-    lines += [md(x) for x in extra]
+    lines += [md(x) for x in extra or ()]
     return lines
 
 

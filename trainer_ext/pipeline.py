@@ -103,7 +103,8 @@ class Pipeline:
         self.recipe = recipe
         self.args = recipe.run
         self.out = Path(self.args.output_dir)
-        self.state = PartialState()
+        # On CPU, accelerate only sets up the process group when told to use the CPU (as Trainer does with use_cpu).
+        self.state = PartialState(cpu=not torch.cuda.is_available())
         self.progress = progress if self.state.is_main_process else (lambda _msg: None)
         self.stage_seconds: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
@@ -142,7 +143,11 @@ class Pipeline:
         self._stage("quantization", _settings(self.recipe.quantization), self.stage_quantization)
         self._stage("benchmark", {"latency_runs": self.args.latency_runs}, self.stage_benchmark)
         self._stage("card", asdict(self.recipe.card), self.stage_card)
-        return json.loads((self.out / RESULTS_FILE).read_text())
+        results = json.loads((self.out / RESULTS_FILE).read_text())
+        if self.state.is_main_process and "card" not in results.get("stages", {}):
+            results["stages"] = dict(self.stage_seconds)  # the card's own duration is known only now
+            _atomic_json(self.out / RESULTS_FILE, results)
+        return results
 
     def _marker(self, stage: str) -> Path:
         return self.out / STAGE_DIR / f"{stage}.json"
