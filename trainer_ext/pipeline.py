@@ -344,11 +344,13 @@ class Pipeline:
         exclude = [t for s in (self.args.eval_split, self.args.test_split) for t in self.data[s]["text"]]
         names = label_names(train)
         generator_dir = aug_dir / "generator"
+        fine_tune_start = time.perf_counter()
         if base.fine_tune:
             augmenter = TextGenerationAugmenter(base.generator_name_or_path, args=base)
             augmenter._length_bounds([str(t) for t in train["text"]])
             augmenter.fine_tune(train, augmenter.prompt_names(names))  # reuses generator/ when a run left it
             self.state.wait_for_everyone()
+        fine_tune_seconds = time.perf_counter() - fine_tune_start
         rank, world = self.state.process_index, self.state.num_processes
         share = base.num_samples // world + (1 if rank < base.num_samples % world else 0)
         local = replace(
@@ -384,7 +386,7 @@ class Pipeline:
             "kept_per_process": [s.get("kept", 0) for s in stats],
             "cross_process_duplicates": sum(len(p) for p in parts) - len(merged),
             "processes": world,
-            "fine_tune_seconds": max(s.get("fine_tune_seconds", 0.0) for s in stats),
+            "fine_tune_seconds": fine_tune_seconds,  # generator load + fine-tuning (or reuse of generator/)
             "generation_seconds": max(s.get("generation_seconds", 0.0) for s in stats),
         }
         relabelled = augmenter._relabel(merged, teacher, teacher_tokenizer, names, summary)
