@@ -235,3 +235,25 @@ def test_torchrun_two_processes_run_the_recipe_once(tmp_path):
         results["variants"][k]["accuracy"] is not None for k in ("teacher", "student_distilled", "student_int8")
     )
     assert result.stdout.count("student_distilled") >= 1 and (out / "student_distilled" / "README.md").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_quick_profile_of_the_offline_recipe_under_torchrun(tmp_path):
+    """The real packaged teacher, generator and data, two processes, the shipped recipe's quick profile (slimmed)."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "quick"
+    command = [
+        torchrun, "--nproc_per_node", "2", "--master_port", "29529", "-m", "trainer_ext.cli", "run",
+        str(ROOT / "recipes" / "rotten_tomatoes_offline.yaml"), "--profile", "quick",
+        "--run.output_dir", str(out), "--run.max_train_samples", "400", "--augmentation.num_samples", "32",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["processes"] == 2 and results["recipe"]["profile"] == "quick"
+    assert json.loads((out / "augmentation" / "summary.json").read_text())["processes"] == 2
+    for name in ("teacher", "student_no_distillation", "student_distilled", "student_int8"):
+        assert results["variants"][name]["accuracy"] is not None, name
+    assert ModelCard.load(out / "student_distilled" / "README.md").data.eval_results
