@@ -184,6 +184,15 @@ def test_recipe_errors_are_clear(tmp_path):
     assert profile == "quick" and overrides == {"augmentation": {"num_samples": "7"}, "run": {"seed": "3"}}
 
 
+def test_run_command_reports_user_errors_without_a_traceback(tmp_path, capsys):
+    from trainer_ext.cli import main
+
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "error: Recipe file" in capsys.readouterr().err
+    assert main(["run", str(ROOT / "recipes" / "rotten_tomatoes_offline.yaml"), "--run.outptu_dir", "x"]) == 2
+    assert "Did you mean 'output_dir'?" in capsys.readouterr().err
+
+
 def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

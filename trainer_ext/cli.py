@@ -178,8 +178,8 @@ def _run(argv: list[str]) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from .pipeline import Pipeline, summary_table
-    from .recipe import load_recipe, parse_overrides
+    from .pipeline import Pipeline, PipelineError, summary_table
+    from .recipe import RecipeError, load_recipe, parse_overrides
 
     if argv and argv[0] in ("-h", "--help"):
         print(
@@ -191,11 +191,15 @@ def _run(argv: list[str]) -> int:
     if not argv or argv[0].startswith("--"):
         print("trainer-ext run: error: give a recipe file, e.g. recipes/rotten_tomatoes_offline.yaml", file=sys.stderr)
         return 2
-    overrides, profile = parse_overrides(argv[1:])
-    recipe = load_recipe(argv[0], overrides, profile)
-    hf_logging.set_verbosity_warning()
-    pipeline = Pipeline(recipe)
-    results = pipeline.run()
+    try:
+        overrides, profile = parse_overrides(argv[1:])
+        recipe = load_recipe(argv[0], overrides, profile)
+        hf_logging.set_verbosity_warning()
+        pipeline = Pipeline(recipe)
+        results = pipeline.run()
+    except (RecipeError, PipelineError) as err:  # a user error: the message says what to do, no traceback
+        print(f"trainer-ext run: error: {err}", file=sys.stderr)
+        return 2
     if pipeline.state.is_main_process:
         print()
         print(f"{recipe.run.dataset}, {recipe.run.test_split} split; latency at batch 1, length 64 (interleaved)")
