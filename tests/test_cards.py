@@ -216,7 +216,7 @@ def test_card_command_on_a_quantized_folder(tmp_path, tokenizer, capsys):
         tmp_path,
         QuantizationArguments(approach="dynamic", latency_runs=3, require_speedup=False, max_absolute_drop=1.0),
     )
-    assert main(["card", str(tmp_path), "--license", "apache-2.0", "--tags", "a,b", "--repo_id", "me/m"]) == 0
+    assert main(["card", str(tmp_path), "--license", "apache-2.0", "--tags", "a", "b", "--repo_id", "me/m"]) == 0
     assert "model-index results" in capsys.readouterr().out
     card = ModelCard.load(tmp_path / "README.md")
     report = json.loads((tmp_path / "compression_report.json").read_text())
@@ -225,4 +225,4 @@ def test_card_command_on_a_quantized_folder(tmp_path, tokenizer, capsys):
         report["chosen"]["accuracy"],
     ]
     teacher_row = next(r for r in _table_rows(card.text) if r.startswith("| teacher"))
-    assert teacher_row.count(NOT_MEASURED) >= 3 and '"me/m"' in card.text
+    assert teacher_row.count(NOT_MEASURED) >= 3 and '"me/m"' in card.text and {"a", "b"} <= set(card.data.tags)

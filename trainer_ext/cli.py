@@ -141,33 +141,19 @@ def _card(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
     from .cards import write_model_card
+    from .recipe import CardArguments
 
     @dataclass
-    class CardInputs:
+    class CardFolder:
         output_dir: str = field(metadata={"help": "Folder with results.json or compression_report.json."})
-        model_name: str | None = field(default=None, metadata={"help": "Model name (default: the folder's)."})
-        repo_id: str | None = field(default=None, metadata={"help": "Hub repo id used in the usage snippets."})
-        license: str | None = field(default=None, metadata={"help": "License id, e.g. apache-2.0."})
-        language: str | None = field(default="en", metadata={"help": "Language code(s), comma-separated."})
-        dataset_id: str | None = field(default=None, metadata={"help": "Hub id of the evaluation dataset."})
-        dataset_name: str | None = field(default=None, metadata={"help": "Pretty name of the evaluation dataset."})
-        dataset_config: str | None = field(default=None, metadata={"help": "Dataset config, e.g. sst2."})
-        dataset_split: str | None = field(default=None, metadata={"help": "Split the accuracy was measured on."})
-        base_model: str | None = field(default=None, metadata={"help": "Hub id the model was made from."})
-        base_model_relation: str | None = field(default=None, metadata={"help": "finetune, quantized, ..."})
-        tags: str | None = field(default=None, metadata={"help": "Extra tags, comma-separated."})
 
-    parser = HfArgumentParser(CardInputs, prog="trainer-ext card OUTPUT_DIR")
+    parser = HfArgumentParser((CardFolder, CardArguments), prog="trainer-ext card OUTPUT_DIR")
     if argv and not argv[0].startswith("-"):
         argv = ["--output_dir", *argv]
-    (inputs, unknown) = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    folder, card_args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
         parser.error(f"unrecognised arguments {unknown}")
-    fields = asdict(inputs)
-    output_dir = fields.pop("output_dir")
-    fields["tags"] = [t.strip() for t in (fields["tags"] or "").split(",") if t.strip()] or None
-    if fields["language"] and "," in fields["language"]:
-        fields["language"] = [x.strip() for x in fields["language"].split(",")]
+    output_dir, fields = folder.output_dir, asdict(card_args)
     card = write_model_card(output_dir, **fields)
     print(f"wrote {output_dir}/README.md ({len(card.data.eval_results or [])} model-index results)")
     return 0

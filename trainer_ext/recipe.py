@@ -105,6 +105,8 @@ class CardArguments:
     language: str | None = field(default="en", metadata={"help": "Language code."})
     dataset_id: str | None = field(default=None, metadata={"help": "Hub id of the evaluation dataset."})
     dataset_name: str | None = field(default=None, metadata={"help": "Pretty name of the evaluation dataset."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset config, e.g. sst2."})
+    dataset_split: str | None = field(default=None, metadata={"help": "Split the accuracy was measured on."})
     base_model: str | None = field(default=None, metadata={"help": "Hub id the student was made from."})
     base_model_relation: str | None = field(default=None, metadata={"help": "finetune, quantized, ..."})
     tags: list[str] | None = field(default=None, metadata={"help": "Extra tags."})
