@@ -356,7 +356,8 @@ class TextGenerationAugmenter:
             for t in texts
         ]
 
-    def _length_bounds(self, texts: Sequence[str]) -> None:
+    def set_length_bounds(self, texts: Sequence[str]) -> None:
+        """Word-length bounds and the token budget per sample, from the settings or else the training texts."""
         args = self.args
         words = np.array([len(t.split()) for t in texts])
         tokens = np.array(
@@ -407,7 +408,7 @@ class TextGenerationAugmenter:
         )
         train_texts = [str(t) for t in train_dataset[text_column]]
         train_labels = [int(y) for y in train_dataset[label_column]]
-        self._length_bounds(train_texts)
+        self.set_length_bounds(train_texts)
         start = time.perf_counter()
         prompt_names = self.prompt_names(label_names)
         if args.fine_tune:
@@ -429,7 +430,7 @@ class TextGenerationAugmenter:
                 f"No generated sample survived the filters: {json.dumps(stats)}. Loosen the "
                 "length bounds, raise max_attempts_factor, or fine-tune the generator longer."
             )
-        dataset = self._relabel(dataset, teacher, teacher_tokenizer, label_names, stats)
+        dataset = self.relabel(dataset, teacher, teacher_tokenizer, label_names, stats)
         stats.update(
             fine_tune_seconds=fine_tune_seconds,
             generation_seconds=generation_seconds,
@@ -588,7 +589,9 @@ class TextGenerationAugmenter:
             kept.append((text, int(label)))
             per_label[label] += 1
 
-    def _relabel(self, dataset: Dataset, teacher, teacher_tokenizer, label_names, stats: dict) -> Dataset:
+    def relabel(self, dataset: Dataset, teacher, teacher_tokenizer, label_names, stats: dict) -> Dataset:
+        """Add `teacher_logits` and `label` (the teacher's argmax, or the prompt label without a teacher) to generated
+        `text`/`prompt_label` rows, apply the teacher filters, and record agreement statistics in `stats`."""
         args = self.args
         num_labels = len(label_names)
         if teacher is None:

@@ -347,7 +347,6 @@ class Pipeline:
         fine_tune_start = time.perf_counter()
         if base.fine_tune:
             augmenter = TextGenerationAugmenter(base.generator_name_or_path, args=base)
-            augmenter._length_bounds([str(t) for t in train["text"]])
             augmenter.fine_tune(train, augmenter.prompt_names(names))  # reuses generator/ when a run left it
             self.state.wait_for_everyone()
         fine_tune_seconds = time.perf_counter() - fine_tune_start
@@ -389,7 +388,7 @@ class Pipeline:
             "fine_tune_seconds": fine_tune_seconds,  # generator load + fine-tuning (or reuse of generator/)
             "generation_seconds": max(s.get("generation_seconds", 0.0) for s in stats),
         }
-        relabelled = augmenter._relabel(merged, teacher, teacher_tokenizer, names, summary)
+        relabelled = augmenter.relabel(merged, teacher, teacher_tokenizer, names, summary)
         summary["kept"] = len(relabelled)
         if self.state.is_main_process:
             path = aug_dir / "augmented"
