@@ -163,6 +163,20 @@ def test_interrupted_stage_is_redone_on_resume(tmp_path):
     assert second.stage_status["augmentation"].startswith("skipped")
 
 
+def test_teacher_is_fine_tuned_only_when_not_yet_a_classifier_for_the_labels(tmp_path, tokenizer):
+    pipeline = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), progress=print)
+    classifier = make_bert(tokenizer, seed=1)  # id2label neg/pos
+    classifier.save_pretrained(tmp_path / "named")
+    assert not pipeline._needs_fine_tuning(str(tmp_path / "named"), ["neg", "pos"])
+    assert pipeline._needs_fine_tuning(str(tmp_path / "named"), ["bad", "good"])  # another task's labels
+    classifier.config.id2label, classifier.config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
+    classifier.save_pretrained(tmp_path / "generic")  # like many Hub checkpoints
+    assert not pipeline._needs_fine_tuning(str(tmp_path / "generic"), ["negative", "positive"])
+    assert pipeline._needs_fine_tuning(str(tmp_path / "generic"), ["a", "b", "c"])
+    classifier.bert.save_pretrained(tmp_path / "encoder")  # no classification head
+    assert pipeline._needs_fine_tuning(str(tmp_path / "encoder"), ["neg", "pos"])
+
+
 def test_recipe_errors_are_clear(tmp_path):
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(tmp_path / "missing.yaml")

@@ -232,7 +232,10 @@ class Pipeline:
             return self.args.teacher_fine_tune == "true"
         config = AutoConfig.from_pretrained(source)
         is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
-        same_labels = [config.id2label.get(i) for i in range(config.num_labels)] == names
+        saved = [config.id2label.get(i) for i in range(config.num_labels)]
+        # Many Hub classifiers keep the generic LABEL_0.. names: with the right count they are taken as these labels.
+        generic = saved == [f"LABEL_{i}" for i in range(config.num_labels)] and len(saved) == len(names)
+        same_labels = saved == names or generic
         if is_classifier and not same_labels:
             logger.warning(
                 f"The teacher {source} classifies {list(config.id2label.values())}, not {names}: fine-tuning it."
@@ -258,7 +261,7 @@ class Pipeline:
         id2label, label2id = id2label_label2id(names)
         tokenizer = AutoTokenizer.from_pretrained(source)
         if not self._needs_fine_tuning(source, names):
-            teacher = AutoModelForSequenceClassification.from_pretrained(source)
+            teacher = AutoModelForSequenceClassification.from_pretrained(source, id2label=id2label, label2id=label2id)
         else:
             teacher = AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=len(names), id2label=id2label, label2id=label2id
