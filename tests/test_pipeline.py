@@ -101,11 +101,23 @@ def test_every_stage_runs_and_results_hold_every_variant(finished_run):
     root, _, pipeline, results = finished_run
     out = root / "out"
     assert [s for s in STAGES if pipeline.stage_status.get(s) == "ran"] == list(STAGES)
-    for name in ("teacher", "student_no_distillation", "student_distilled", "student_int8"):
+    assert list(results["variants"]) == [
+        "teacher",
+        "teacher_int8",
+        "student_no_distillation",
+        "student_distilled",
+        "student_int8",
+    ]
+    for name in results["variants"]:
         v = results["variants"][name]
         assert 0.0 <= v["accuracy"] <= 1.0 and v["latency_ms"] > 0 and v["size_mb"] > 0, name
         assert v["eval_examples"] == 40
-    assert results["variants"]["student_int8"]["runtime"] == "ONNX Runtime INT8"
+    assert (
+        results["variants"]["student_int8"]["runtime"]
+        == results["variants"]["teacher_int8"]["runtime"]
+        == "ONNX Runtime INT8"
+    )
+    assert results["variants"]["teacher_int8"]["parameters"] == results["variants"]["teacher"]["parameters"]
     assert set(results["stages"]) == set(STAGES) and all(s >= 0 for s in results["stages"].values())
     # The teacher was an encoder without a classification head: the pipeline fine-tuned it for these labels.
     teacher_config = json.loads((out / "teacher" / "config.json").read_text())

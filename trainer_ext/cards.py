@@ -41,6 +41,7 @@ NOT_MEASURED = "not measured"
 
 VARIANT_LABELS = {
     "teacher": "teacher",
+    "teacher_int8": "teacher INT8",
     "student_no_distillation": "student without distillation",
     "student_distilled": "student (distilled)",
     "student": "student",

@@ -57,6 +57,7 @@ STAGES = (
     "augmentation",
     "distillation",
     "quantization",
+    "teacher_quantization",
     "benchmark",
     "card",
 )
@@ -141,6 +142,9 @@ class Pipeline:
             self.stage_status["augmentation"] = "skipped (run.augment is false)"
         self._stage("distillation", _settings(self.recipe.student_training), self.stage_distillation)
         self._stage("quantization", _settings(self.recipe.quantization), self.stage_quantization)
+        self._stage(
+            "teacher_quantization", _settings(self._teacher_quantization_args()), self.stage_teacher_quantization
+        )
         self._stage("benchmark", {"latency_runs": self.args.latency_runs}, self.stage_benchmark)
         self._stage("card", asdict(self.recipe.card), self.stage_card)
         results = json.loads((self.out / RESULTS_FILE).read_text())
@@ -429,6 +433,24 @@ class Pipeline:
                 calibration_dataset=self.data["train"],
             )
 
+    def _teacher_quantization_args(self) -> Any:
+        # The reference row "teacher, ONNX Runtime INT8" was dynamic quantization; the same search, dynamic only.
+        return replace(self.recipe.quantization, approach="dynamic")
+
+    def stage_teacher_quantization(self) -> None:
+        """The teacher as an INT8 ONNX model too (the reference's second row), in `teacher_int8/`."""
+        path = self.out / "teacher"
+        if not (path / "config.json").exists():
+            raise PipelineError(f"The teacher stage's output {path} is missing; delete {self._marker('teacher')}.")
+        if self.state.is_main_process:
+            quantize_model(
+                str(path),
+                AutoTokenizer.from_pretrained(path),
+                self.data[self.args.eval_split],
+                self.out / "teacher_int8",
+                self._teacher_quantization_args(),
+            )
+
     # --------------------------------------------------------------------------------------------- benchmark
     def stage_benchmark(self) -> None:
         if not self.state.is_main_process:
@@ -444,28 +466,34 @@ class Pipeline:
                 AutoModelForSequenceClassification.from_pretrained(path),
                 AutoTokenizer.from_pretrained(path),
             )
-        int8 = self.out / "student_distilled" / ONNX_SUBFOLDER / INT8_FILE
         report_path = self.out / "student_distilled" / REPORT_FILE
         report = json.loads(report_path.read_text()) if report_path.exists() else None
-        student_tok = sources["student_distilled"][1]
         variants: dict[str, Any] = {}
         for name, (model, tok) in sources.items():
             variants[name] = measure_classifier(model, tok, test, runs=self.args.latency_runs)
-        if int8.exists():
-            variants[INT8_VARIANT] = measure_classifier(
-                int8,
-                student_tok,
-                test,
-                runs=self.args.latency_runs,
-                parameters=variants["student_distilled"]["parameters"],
-            )
-        else:
-            reason = report["chosen"].get("reason") if report else "quantization did not run"
-            variants[INT8_VARIANT] = {"note": reason}
-        # Headline latency: every variant timed in alternation (the CPU's speed drifts over minutes).
+        # INT8 ONNX files: (variant, folder, tokenizer, PyTorch variant whose parameter count it shares)
+        onnx_variants = [
+            ("teacher_int8", self.out / "teacher_int8", teacher_tokenizer, "teacher"),
+            (INT8_VARIANT, self.out / "student_distilled", sources["student_distilled"][1], "student_distilled"),
+        ]
         runners = {name: fixed_length_runner(m, t, str(test[0]["text"])) for name, (m, t) in sources.items()}
-        if int8.exists():
-            runners[INT8_VARIANT] = fixed_length_runner(int8, student_tok, str(test[0]["text"]))
+        for name, folder, tok, base in onnx_variants:
+            int8 = folder / ONNX_SUBFOLDER / INT8_FILE
+            if int8.exists():
+                params = variants[base]["parameters"]
+                variants[name] = measure_classifier(int8, tok, test, runs=self.args.latency_runs, parameters=params)
+                runners[name] = fixed_length_runner(int8, tok, str(test[0]["text"]))
+            else:
+                folder_report = folder / REPORT_FILE
+                reason = (
+                    json.loads(folder_report.read_text())["chosen"].get("reason")
+                    if folder_report.exists()
+                    else "quantization did not run"
+                )
+                variants[name] = {"note": reason}
+        order = ("teacher", "teacher_int8", "student_no_distillation", "student_distilled", INT8_VARIANT)
+        variants = {name: variants[name] for name in order if name in variants}
+        # Headline latency: every variant timed in alternation (the CPU's speed drifts over minutes).
         rounds = max(1, self.args.latency_runs // 20)
         for name, latency in interleaved_latency(runners, rounds=rounds).items():
             variants[name]["latency_ms"] = latency["median_ms"]
