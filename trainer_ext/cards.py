@@ -300,12 +300,17 @@ def accuracy_latency_plot(results: dict[str, Any], path: str | os.PathLike) -> P
 
     matplotlib.use("Agg")  # files only: no display on servers or CI
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for label, latency, accuracy in points:
         ax.scatter(latency, accuracy, s=40)
         ax.annotate(label, (latency, accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xscale("log")
+    # Plain numbers at 1, 2, 5, 10, 20, ... ms instead of matplotlib's "2x10^0" labels.
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("batch-1 latency (ms, log scale)")
     ax.set_ylabel(f"{results.get('metric', 'accuracy')} (%)")
     ax.grid(True, which="both", alpha=0.3)
