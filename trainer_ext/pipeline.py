@@ -42,7 +42,7 @@ from .assets import minilm_teacher_path, smollm2_gguf_path
 from .augmentation import TextGenerationAugmenter, merge_with_original, normalize_text
 from .benchmark import fixed_length_runner, interleaved_latency, measure_classifier
 from .cards import INT8_VARIANT, RESULTS_FILE, write_model_card
-from .data import id2label_label2id, label_names, load_text_classification_dataset
+from .data import OFFLINE_DATASET_NAME, id2label_label2id, label_names, load_text_classification_dataset
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
 from .recipe import PACKAGED_GENERATOR, PACKAGED_TEACHER, Recipe
 from .students import STUDENT_PRESETS, build_student
@@ -520,7 +520,11 @@ class Pipeline:
             "model_variant": "student_distilled",
             "metric": "accuracy",
             "evaluation": {
-                "dataset_id": self.args.dataset,
+                # Only a Hub dataset id belongs in the card's `datasets`; built-in or local data is named instead.
+                "dataset_id": None
+                if self.args.dataset == OFFLINE_DATASET_NAME or Path(self.args.dataset).exists()
+                else self.args.dataset,
+                "dataset_name": self.args.dataset,
                 "dataset_config": self.args.dataset_config,
                 "split": self.args.test_split,
                 "examples": len(test),
