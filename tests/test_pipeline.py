@@ -156,6 +156,23 @@ def test_changed_settings_are_refused_without_touching_outputs(finished_run):
     assert (out / "student_distilled" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_changed_student_settings_redo_only_the_stages_that_read_them(finished_run, tmp_path):
+    import shutil
+
+    root, recipe_path, _, _ = finished_run
+    copy = tmp_path / "out"
+    shutil.copytree(root / "out", copy)
+    overrides = {"run": {"output_dir": str(copy)}, "student_training": {"num_train_epochs": "2"}}
+    with pytest.raises(PipelineError, match="'student_no_distillation'.*other settings"):
+        Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
+    for stage in ("student_no_distillation", "distillation", "quantization", "benchmark", "card"):
+        (copy / "stages" / f"{stage}.json").unlink()
+    rerun = Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None)
+    rerun.run()
+    reused = {s for s, status in rerun.stage_status.items() if status == "reused"}
+    assert reused == {"data", "teacher", "augmentation", "teacher_quantization"}
+
+
 def test_interrupted_stage_is_redone_on_resume(tmp_path):
     """A stage killed before its marker was written runs again; the stages before it are reused."""
     assets = write_assets(tmp_path)

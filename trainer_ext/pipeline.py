@@ -109,7 +109,7 @@ class Pipeline:
         self.progress = progress if self.state.is_main_process else (lambda _msg: None)
         self.stage_seconds: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
-        self.chain: list[str] = []  # settings hashes of the stages so far: a stage depends on all before it
+        self.keys: dict[str, str] = {}  # stage -> key of its settings and of the stages it reads
 
     # ------------------------------------------------------------------------------------------ orchestration
     def check(self) -> None:
@@ -118,7 +118,7 @@ class Pipeline:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise PipelineError(f"Cannot create the output directory {self.out}: {err}. Set run.output_dir.") from err
-        probe = self.out / ".write_test"
+        probe = self.out / f".write_test_{os.getpid()}"  # one per process: under torchrun all of them check
         try:
             probe.write_text("ok")
             probe.unlink()
@@ -132,21 +132,26 @@ class Pipeline:
 
     def run(self) -> dict[str, Any]:
         self.check()
-        data = self._stage("data", self._data_settings(), self.stage_data)
-        self.data = data
-        self._stage("teacher", self._teacher_settings(), self.stage_teacher)
-        self._stage("student_no_distillation", self._student_settings(), self.stage_student_no_distillation)
+        # Each stage is keyed by its own settings and the keys of the stages whose outputs it reads, so a changed
+        # student setting invalidates the student stages but not the (long) augmentation stage.
+        self.data = self._stage("data", self._data_settings(), self.stage_data, ())
+        self._stage("teacher", self._teacher_settings(), self.stage_teacher, ("data",))
+        student = self._student_settings()
+        self._stage("student_no_distillation", student, self.stage_student_no_distillation, ("data", "teacher"))
         if self.args.augment:
-            self._stage("augmentation", _settings(self.recipe.augmentation), self.stage_augmentation)
+            augmentation = _settings(self.recipe.augmentation)
+            self._stage("augmentation", augmentation, self.stage_augmentation, ("data", "teacher"))
         else:
             self.stage_status["augmentation"] = "skipped (run.augment is false)"
-        self._stage("distillation", _settings(self.recipe.student_training), self.stage_distillation)
-        self._stage("quantization", _settings(self.recipe.quantization), self.stage_quantization)
-        self._stage(
-            "teacher_quantization", _settings(self._teacher_quantization_args()), self.stage_teacher_quantization
-        )
-        self._stage("benchmark", {"latency_runs": self.args.latency_runs}, self.stage_benchmark)
-        self._stage("card", asdict(self.recipe.card), self.stage_card)
+        distillation_inputs = ("data", "teacher", "augmentation") if self.args.augment else ("data", "teacher")
+        self._stage("distillation", student, self.stage_distillation, distillation_inputs)
+        quantization = _settings(self.recipe.quantization)
+        self._stage("quantization", quantization, self.stage_quantization, ("data", "distillation"))
+        teacher_quantization = _settings(self._teacher_quantization_args())
+        self._stage("teacher_quantization", teacher_quantization, self.stage_teacher_quantization, ("data", "teacher"))
+        latency = {"latency_runs": self.args.latency_runs}
+        self._stage("benchmark", latency, self.stage_benchmark, tuple(self.keys))
+        self._stage("card", asdict(self.recipe.card), self.stage_card, ("benchmark",))
         results = json.loads((self.out / RESULTS_FILE).read_text())
         if self.state.is_main_process and "card" not in results.get("stages", {}):
             results["stages"] = dict(self.stage_seconds)  # the card's own duration is known only now
@@ -156,9 +161,9 @@ class Pipeline:
     def _marker(self, stage: str) -> Path:
         return self.out / STAGE_DIR / f"{stage}.json"
 
-    def _stage(self, name: str, settings: dict[str, Any], fn: Callable[[], Any]) -> Any:
-        key = _hash([self.chain, settings])
-        self.chain.append(key)
+    def _stage(self, name: str, settings: dict[str, Any], fn: Callable[[], Any], inputs: tuple[str, ...]) -> Any:
+        key = _hash([settings, {stage: self.keys[stage] for stage in inputs}])
+        self.keys[name] = key
         marker = self._marker(name)
         if marker.exists():
             done = json.loads(marker.read_text())
@@ -168,8 +173,9 @@ class Pipeline:
                 self.progress(f"[{name}] done in an earlier run ({done['seconds']:.0f} s): reusing {marker.parent}")
                 return self._reload(name)
             raise PipelineError(
-                f"Stage {name!r} in {self.out} was finished with other settings (or after different earlier "
-                f"stages). Use a new run.output_dir, or delete {marker} and the stages after it to redo them."
+                f"Stage {name!r} in {self.out} was finished with other settings, or from other inputs ({', '.join(inputs) or 'none'}). "
+                f"Use a new run.output_dir, or delete {marker} (and the markers of the stages that read its output) "
+                "to redo it; finished outputs are never overwritten silently."
             )
         self.progress(f"[{name}] running")
         start = time.perf_counter()
