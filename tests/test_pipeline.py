@@ -275,7 +275,8 @@ def test_torchrun_two_processes_run_the_recipe_once(tmp_path):
         timeout=600,
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    first_error = result.stderr[result.stderr.find("Traceback") :][:3000]
+    assert result.returncode == 0, first_error or result.stderr[-4000:]
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
     assert results["processes"] == 2

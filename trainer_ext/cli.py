@@ -186,7 +186,7 @@ def _run(argv: list[str]) -> int:
     except (RecipeError, PipelineError) as err:  # a user error: the message says what to do, no traceback
         print(f"trainer-ext run: error: {err}", file=sys.stderr)
         return 2
-    if pipeline.state.is_main_process:
+    if pipeline.is_main:
         print()
         print(f"{recipe.run.dataset}, {recipe.run.test_split} split; latency at batch 1, length 64 (interleaved)")
         print(summary_table(results))

@@ -106,10 +106,29 @@ class Pipeline:
         self.out = Path(self.args.output_dir)
         # On CPU, accelerate only sets up the process group when told to use the CPU (as Trainer does with use_cpu).
         self.state = PartialState(cpu=not torch.cuda.is_available())
-        self.progress = progress if self.state.is_main_process else (lambda _msg: None)
+        self.progress = progress if self.is_main else (lambda _msg: None)
         self.stage_seconds: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # stage -> key of its settings and of the stages it reads
+
+    # Rank decisions read torch.distributed, not accelerate's shared PartialState: every TrainingArguments resets
+    # that shared state and rebuilds it, and a rank that read it at the wrong moment (or after a plain
+    # `PartialState()` on CPU, which is single-process) took itself for the main process and wrote shared files.
+    @property
+    def process_index(self) -> int:
+        return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+    @property
+    def num_processes(self) -> int:
+        return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.process_index == 0
+
+    def barrier(self) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
 
     # ------------------------------------------------------------------------------------------ orchestration
     def check(self) -> None:
@@ -153,7 +172,7 @@ class Pipeline:
         self._stage("benchmark", latency, self.stage_benchmark, tuple(self.keys))
         self._stage("card", asdict(self.recipe.card), self.stage_card, ("benchmark",))
         results = json.loads((self.out / RESULTS_FILE).read_text())
-        if self.state.is_main_process and "card" not in results.get("stages", {}):
+        if self.is_main and "card" not in results.get("stages", {}):
             results["stages"] = dict(self.stage_seconds)  # the card's own duration is known only now
             _atomic_json(self.out / RESULTS_FILE, results)
         return results
@@ -181,10 +200,10 @@ class Pipeline:
         start = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - start
-        self.state.wait_for_everyone()
-        if self.state.is_main_process:
+        self.barrier()
+        if self.is_main:
             _atomic_json(marker, {"key": key, "seconds": seconds, "settings": settings, "finished": time.time()})
-        self.state.wait_for_everyone()
+        self.barrier()
         self.stage_seconds[name] = seconds
         self.stage_status[name] = "ran"
         self.progress(f"[{name}] finished in {seconds:.0f} s")
@@ -219,7 +238,7 @@ class Pipeline:
 
     def stage_data(self) -> DatasetDict:
         data = self._load_data()
-        if self.state.is_main_process:
+        if self.is_main:
             summary = {split: len(ds) for split, ds in data.items()} | {"labels": label_names(data["train"])}
             _atomic_json(self.out / "data" / "summary.json", summary)
         return data
@@ -254,7 +273,7 @@ class Pipeline:
 
     def _training_args(self, base: TrainingArguments, stage: str, **extra: Any) -> TrainingArguments:
         seed = base.seed if "seed" in self.recipe.raw.get(self._section_of(base), {}) else self.args.seed
-        use_cpu = base.use_cpu or (self.state.num_processes > 1 and not torch.cuda.is_available())
+        use_cpu = base.use_cpu or (self.num_processes > 1 and not torch.cuda.is_available())
         return replace(base, output_dir=str(self.out / "runs" / stage), seed=seed, use_cpu=use_cpu, **extra)
 
     def _section_of(self, base: TrainingArguments) -> str:
@@ -285,7 +304,7 @@ class Pipeline:
             )
             trainer.train()
             teacher = trainer.model
-        if self.state.is_main_process:
+        if self.is_main:
             _save_model(teacher, tokenizer, self.out / "teacher")
 
     def _teacher(self) -> tuple[PreTrainedModel, Any]:
@@ -318,9 +337,9 @@ class Pipeline:
                     self.args.student, num_labels=len(names), id2label=id2label, label2id=label2id
                 )
                 tokenizer = AutoTokenizer.from_pretrained(self.args.student)
-            if self.state.is_main_process:
+            if self.is_main:
                 _save_model(student, tokenizer, path)
-            self.state.wait_for_everyone()
+            self.barrier()
         return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
     def _train_student(self, name: str, train: Dataset, teacher: PreTrainedModel | None, teacher_tok: Any) -> None:
@@ -339,7 +358,7 @@ class Pipeline:
             teacher_tokenizer=teacher_tok if teacher is not None else None,
         )
         trainer.train()
-        if self.state.is_main_process:
+        if self.is_main:
             _save_model(trainer.model, tokenizer, self.out / name)
 
     def stage_student_no_distillation(self) -> None:
@@ -361,9 +380,9 @@ class Pipeline:
         if base.fine_tune:
             augmenter = TextGenerationAugmenter(base.generator_name_or_path, args=base)
             augmenter.fine_tune(train, augmenter.prompt_names(names))  # reuses generator/ when a run left it
-            self.state.wait_for_everyone()
+            self.barrier()
         fine_tune_seconds = time.perf_counter() - fine_tune_start
-        rank, world = self.state.process_index, self.state.num_processes
+        rank, world = self.process_index, self.num_processes
         share = base.num_samples // world + (1 if rank < base.num_samples % world else 0)
         local = replace(
             base,
@@ -377,7 +396,7 @@ class Pipeline:
         augmenter = TextGenerationAugmenter(local.generator_name_or_path, args=local)
         generated = augmenter.augment(train, teacher=None, exclude_texts=exclude)  # relabelled below, together
         generated.select_columns(["text", "prompt_label"]).save_to_disk(str(aug_dir / f"process_{rank}" / "kept"))
-        self.state.wait_for_everyone()
+        self.barrier()
         parts = [load_from_disk(str(aug_dir / f"process_{r}" / "kept")) for r in range(world)]
         stats = [
             json.loads((aug_dir / f"process_{r}" / "augmentation_stats.json").read_text())["stats"]
@@ -403,7 +422,7 @@ class Pipeline:
         }
         relabelled = augmenter.relabel(merged, teacher, teacher_tokenizer, names, summary)
         summary["kept"] = len(relabelled)
-        if self.state.is_main_process:
+        if self.is_main:
             path = aug_dir / "augmented"
             tmp = aug_dir / "augmented.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -429,7 +448,7 @@ class Pipeline:
         path = self.out / "student_distilled"
         if not (path / "config.json").exists():
             raise PipelineError(f"There is no trained student in {path} to quantize; run the distillation stage.")
-        if self.state.is_main_process:
+        if self.is_main:
             quantize_model(
                 str(path),
                 AutoTokenizer.from_pretrained(path),
@@ -460,7 +479,7 @@ class Pipeline:
         path = self.out / "teacher"
         if not (path / "config.json").exists():
             raise PipelineError(f"The teacher stage's output {path} is missing; delete {self._marker('teacher')}.")
-        if self.state.is_main_process:
+        if self.is_main:
             quantize_model(
                 str(path),
                 AutoTokenizer.from_pretrained(path),
@@ -471,7 +490,7 @@ class Pipeline:
 
     # --------------------------------------------------------------------------------------------- benchmark
     def stage_benchmark(self) -> None:
-        if not self.state.is_main_process:
+        if not self.is_main:
             return
         test = self.data[self.args.test_split]
         teacher, teacher_tokenizer = self._teacher()
@@ -572,13 +591,13 @@ class Pipeline:
             "augmentation": json.loads(summary_path.read_text()) if summary_path.exists() else None,
             "quantization": report,
             "recipe": {"source": self.recipe.source, "profile": self.recipe.profile, "values": self.recipe.raw},
-            "processes": self.state.num_processes,
+            "processes": self.num_processes,
         }
         _atomic_json(self.out / RESULTS_FILE, results)
 
     # -------------------------------------------------------------------------------------------------- card
     def stage_card(self) -> None:
-        if not self.state.is_main_process:
+        if not self.is_main:
             return
         results = json.loads((self.out / RESULTS_FILE).read_text())
         results["stages"] = dict(self.stage_seconds)

@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import PartialState
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
@@ -154,7 +152,11 @@ def compute_teacher_logits(
     processes return the same full array. With `cache_dir`, the array is stored under a key made of the dataset
     fingerprint, a hash of the teacher's weights and these settings, and reused when the key matches.
     """
-    state = PartialState()
+    # torch.distributed directly, not accelerate's shared PartialState: every TrainingArguments resets and rebuilds
+    # that shared state, and on CPU a `PartialState()` built at the wrong moment sees a single process.
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    world = torch.distributed.get_world_size() if distributed else 1
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     num_rows = len(dataset)
     num_labels = teacher.config.num_labels
@@ -212,29 +214,34 @@ def compute_teacher_logits(
     elif cache is not None:
         logger.warning("The training data has no `datasets` fingerprint: teacher logits are computed but not cached.")
 
-    with state.split_between_processes(list(range(num_rows))) as my_indices:
-        mine = _run_teacher(
-            teacher,
-            source,
-            my_indices,
-            batch_size=batch_size,
-            device=device,
-            collate=collate_fn,
-            lengths=lengths,
-            input_names=forward_input_names(teacher),
-            show_progress=state.is_local_main_process,
-        )
-    if state.num_processes > 1:
-        # split_between_processes hands out contiguous, ordered shares, so concatenating by rank restores row order.
-        shares = gather_object([mine])
+    # Contiguous, ordered shares (the first `num_rows % world` ranks take one more), so concatenating the gathered
+    # shares by rank restores row order.
+    base, extra = divmod(num_rows, world)
+    start = rank * base + min(rank, extra)
+    my_indices = list(range(start, start + base + (1 if rank < extra else 0)))
+    mine = _run_teacher(
+        teacher,
+        source,
+        my_indices,
+        batch_size=batch_size,
+        device=device,
+        collate=collate_fn,
+        lengths=lengths,
+        input_names=forward_input_names(teacher),
+        show_progress=rank == 0,
+    )
+    if world > 1:
+        shares: list[Any] = [None] * world
+        torch.distributed.all_gather_object(shares, mine)
         logits = np.concatenate(shares, axis=0)
     else:
         logits = mine
     if logits.shape != (num_rows, num_labels):
         raise RuntimeError(f"Gathered teacher logits have shape {logits.shape}, expected {(num_rows, num_labels)}.")
     if cache is not None and key is not None:
-        if state.is_main_process:
+        if rank == 0:
             path = cache.save(key, logits, metadata={"rows": num_rows, "num_labels": num_labels, **settings})
             logger.info(f"Cached teacher logits at {path}.")
-        state.wait_for_everyone()
+        if world > 1:
+            torch.distributed.barrier()
     return logits
