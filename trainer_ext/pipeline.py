@@ -444,19 +444,20 @@ class Pipeline:
         self._train_student("student_distilled", train, teacher, teacher_tokenizer)
 
     # ------------------------------------------------------------------------------------------- quantization
+    def _quantize(self, source: Path, output: Path, args: Any, missing: str, calibrate: bool = False) -> None:
+        """The accuracy-aware INT8 search on a finished stage's model, on the main process only."""
+        if not (source / "config.json").exists():
+            raise PipelineError(missing)
+        if self.is_main:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            eval_data = self.data[self.args.eval_split]
+            calibration = self.data["train"] if calibrate else None
+            quantize_model(str(source), tokenizer, eval_data, output, args, calibration_dataset=calibration)
+
     def stage_quantization(self) -> None:
         path = self.out / "student_distilled"
-        if not (path / "config.json").exists():
-            raise PipelineError(f"There is no trained student in {path} to quantize; run the distillation stage.")
-        if self.is_main:
-            quantize_model(
-                str(path),
-                AutoTokenizer.from_pretrained(path),
-                self.data[self.args.eval_split],
-                path,
-                self.recipe.quantization,
-                calibration_dataset=self.data["train"],
-            )
+        missing = f"There is no trained student in {path} to quantize; run the distillation stage."
+        self._quantize(path, path, self.recipe.quantization, missing, calibrate=True)
 
     def _describe_teacher(self) -> str:
         source = self._resolve_teacher_source()
@@ -477,16 +478,8 @@ class Pipeline:
     def stage_teacher_quantization(self) -> None:
         """The teacher as an INT8 ONNX model too (the reference's second row), in `teacher_int8/`."""
         path = self.out / "teacher"
-        if not (path / "config.json").exists():
-            raise PipelineError(f"The teacher stage's output {path} is missing; delete {self._marker('teacher')}.")
-        if self.is_main:
-            quantize_model(
-                str(path),
-                AutoTokenizer.from_pretrained(path),
-                self.data[self.args.eval_split],
-                self.out / "teacher_int8",
-                self._teacher_quantization_args(),
-            )
+        missing = f"The teacher stage's output {path} is missing; delete {self._marker('teacher')}."
+        self._quantize(path, self.out / "teacher_int8", self._teacher_quantization_args(), missing)
 
     # --------------------------------------------------------------------------------------------- benchmark
     def stage_benchmark(self) -> None:
