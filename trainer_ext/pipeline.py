@@ -377,9 +377,11 @@ class Pipeline:
         names = label_names(train)
         generator_dir = aug_dir / "generator"
         fine_tune_start = time.perf_counter()
+        tuned: TextGenerationAugmenter | None = None
+        if base.fine_tune and not (generator_dir / "config.json").exists():  # else an earlier run left generator/
+            tuned = TextGenerationAugmenter(base.generator_name_or_path, args=base)
+            tuned.fine_tune(train, tuned.prompt_names(names))
         if base.fine_tune:
-            augmenter = TextGenerationAugmenter(base.generator_name_or_path, args=base)
-            augmenter.fine_tune(train, augmenter.prompt_names(names))  # reuses generator/ when a run left it
             self.barrier()
         fine_tune_seconds = time.perf_counter() - fine_tune_start
         rank, world = self.process_index, self.num_processes
@@ -393,7 +395,12 @@ class Pipeline:
             seed=base.seed + 1009 * rank,
             output_dir=str(aug_dir / f"process_{rank}"),
         )
-        augmenter = TextGenerationAugmenter(local.generator_name_or_path, args=local)
+        # The generator just fine-tuned is sampled from memory (data-parallel training kept every process's copy
+        # identical); only a resumed run loads it from generator/.
+        if tuned is not None:
+            augmenter = TextGenerationAugmenter(tuned.model, tuned.tokenizer, args=local)
+        else:
+            augmenter = TextGenerationAugmenter(local.generator_name_or_path, args=local)
         generated = augmenter.augment(train, teacher=None, exclude_texts=exclude)  # relabelled below, together
         generated.select_columns(["text", "prompt_label"]).save_to_disk(str(aug_dir / f"process_{rank}" / "kept"))
         self.barrier()
