@@ -104,3 +104,25 @@ def make_dataset(tokenizer: PreTrainedTokenizerFast, n: int = 64, seed: int = 0,
     features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
     dataset = Dataset.from_dict({"text": texts, "label": labels}, features=features)
     return dataset.map(lambda b: tokenizer(b["text"], truncation=True, max_length=32), batched=True)
+
+
+def args_for(tmp_path, cls=None, **kwargs):
+    """Tiny-run training arguments (no saving, no reporting, no pin memory); `kwargs` override them."""
+    from trainer_ext import DistillationTrainingArguments
+
+    cls = cls or DistillationTrainingArguments
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        num_train_epochs=2,
+        learning_rate=5e-3,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+    defaults.update(kwargs)
+    return cls(**defaults)

@@ -7,12 +7,11 @@ import re
 import pytest
 import requests
 import yaml
-from conftest import make_bert, make_dataset
+from conftest import args_for, make_bert, make_dataset
 from huggingface_hub import ModelCard
 
 from trainer_ext import (
     DistillationTrainer,
-    DistillationTrainingArguments,
     ModelCardCallback,
     ModelCardError,
     QuantizationArguments,
@@ -169,14 +168,14 @@ def test_callbacks_write_the_card_and_push_sends_card_weights_and_onnx(tmp_path,
     trainer = DistillationTrainer(
         model=make_bert(tokenizer, hidden_size=32, seed=2),
         teacher_model=teacher,
-        args=DistillationTrainingArguments(
+        args=args_for(
+            tmp_path,
             output_dir=str(tmp_path),
             num_train_epochs=1,
-            report_to="none",
-            save_strategy="no",
             per_device_train_batch_size=16,
-            disable_tqdm=True,
-            dataloader_pin_memory=False,
+            learning_rate=5e-5,
+            logging_steps=500,
+            seed=42,
             push_to_hub=True,
             hub_model_id="someone/tiny-student",
             hub_token="hf_fake_token_for_tests",

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import make_bert, make_dataset
+from conftest import args_for, make_bert, make_dataset
 from transformers import PretrainedConfig, PreTrainedModel, pipeline
 
 from trainer_ext.quantization import (
@@ -155,7 +155,7 @@ def test_unexportable_model_gets_a_clear_error_and_no_partial_folder(tmp_path, t
 
 
 def test_callback_quantizes_at_the_end_of_training(tmp_path, tokenizer):
-    from trainer_ext import DistillationTrainer, DistillationTrainingArguments
+    from trainer_ext import DistillationTrainer
     from trainer_ext.callbacks import QuantizationCallback
 
     data = make_dataset(tokenizer, n=32)
@@ -167,14 +167,14 @@ def test_callback_quantizes_at_the_end_of_training(tmp_path, tokenizer):
     )
     trainer = DistillationTrainer(
         model=make_bert(tokenizer, hidden_size=64, seed=3),
-        args=DistillationTrainingArguments(
+        args=args_for(
+            tmp_path,
             output_dir=str(tmp_path),
             num_train_epochs=1,
-            report_to="none",
-            save_strategy="no",
             per_device_train_batch_size=16,
-            disable_tqdm=True,
-            dataloader_pin_memory=False,
+            learning_rate=5e-5,
+            logging_steps=500,
+            seed=42,
         ),
         train_dataset=data,
         processing_class=tokenizer,

@@ -3,29 +3,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import make_bert, make_dataset, make_sentences, train_wordpiece_tokenizer
+from conftest import args_for, make_bert, make_dataset, make_sentences, train_wordpiece_tokenizer
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from trainer_ext.arguments import DistillationTrainingArguments
 from trainer_ext.trainer import PROJECTION_FILE, DistillationError, DistillationTrainer
-
-
-def args_for(tmp_path, cls=DistillationTrainingArguments, **kwargs) -> TrainingArguments:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=16,
-        num_train_epochs=2,
-        learning_rate=5e-3,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
-    defaults.update(kwargs)
-    return cls(**defaults)
 
 
 class TeacherCallCounter:
