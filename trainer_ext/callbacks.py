@@ -12,6 +12,17 @@ from .quantization import QuantizationArguments, quantize_model
 logger = logging.get_logger(__name__)
 
 
+def _model_and_tokenizer(state: TrainerState, kwargs: dict[str, Any], who: str) -> tuple[Any, Any] | None:
+    """The trainer's model and tokenizer, on the main process only (None elsewhere, or with a warning if missing)."""
+    if not state.is_world_process_zero:
+        return None
+    model, tokenizer = kwargs.get("model"), kwargs.get("processing_class")
+    if model is None or tokenizer is None:
+        logger.warning(f"{who} needs the trainer's model and tokenizer (processing_class); skipped.")
+        return None
+    return model, tokenizer
+
+
 class QuantizationCallback(TrainerCallback):
     """At the end of training, export the final (or, with `load_best_model_at_end`, the best) model to ONNX and run
     the accuracy-aware INT8 search; writes `<output_dir>/onnx/` and `compression_report.json`.
@@ -44,12 +55,10 @@ class QuantizationCallback(TrainerCallback):
         self.report: dict[str, Any] | None = None
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if not state.is_world_process_zero:
+        found = _model_and_tokenizer(state, kwargs, "QuantizationCallback")
+        if found is None:
             return
-        model, tokenizer = kwargs.get("model"), kwargs.get("processing_class")
-        if model is None or tokenizer is None:
-            logger.warning("QuantizationCallback needs the trainer's model and tokenizer (processing_class); skipped.")
-            return
+        model, tokenizer = found
         was_training = model.training
         self.report = quantize_model(
             model,
@@ -114,12 +123,10 @@ class ModelCardCallback(TrainerCallback):
         self.augmentation_stats_getter: Any = None
 
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if not state.is_world_process_zero:
+        found = _model_and_tokenizer(state, kwargs, "ModelCardCallback")
+        if found is None:
             return
-        model, tokenizer = kwargs.get("model"), kwargs.get("processing_class")
-        if model is None or tokenizer is None:
-            logger.warning("ModelCardCallback needs the trainer's model and tokenizer (processing_class); skipped.")
-            return
+        model, tokenizer = found
         self.results = collect_results(
             args.output_dir,
             model,
