@@ -142,7 +142,12 @@ def test_keeping_every_layer_reproduces_the_teacher(teacher):
         ({}, r"Nothing to shrink"),
         ({"num_hidden_layers": 2, "num_attention_heads": 2}, r"num_attention_heads must stay 4"),
         ({"hidden_size": 128}, r"larger than the teacher's 64"),
-        ({"hidden_size": 32, "layers": [0, 1]}, r"as wide as the teacher"),
+        ({"hidden_size": 32, "layers": [0, 1], "encoder_init": "random"}, r"random encoder does not use"),
+        ({"hidden_size": 32, "layers": [0, 1], "num_hidden_layers": 3}, r"disagrees"),
+        ({"hidden_size": 32, "num_attention_heads": 4}, r"teacher's head size 16"),
+        ({"hidden_size": 24}, r"head size 16, which does not divide hidden_size 24"),
+        ({"hidden_size": 32, "intermediate_size": 256}, r"larger than the teacher's 128"),
+        ({"hidden_size": 32, "encoder_init": "copied"}, r"encoder_init must be one of"),
         ({"preset": "bert-huge"}, r"Unknown student preset.*bert-mini"),
     ],
 )
@@ -273,7 +278,7 @@ def test_pca_projection_sizes():
 
 def test_narrower_student_is_reproducible_and_leaves_global_rng_alone(teacher):
     rng_before = torch.get_rng_state()
-    first, again, other = _narrow(teacher, seed=1), _narrow(teacher, seed=1), _narrow(teacher, seed=2)
+    first, again, other = (_narrow(teacher, seed=seed, encoder_init="random") for seed in (1, 1, 2))
     assert torch.equal(torch.get_rng_state(), rng_before)
 
     state, state_again, state_other = first.state_dict(), again.state_dict(), other.state_dict()
@@ -298,7 +303,126 @@ def test_narrower_student_is_reproducible_and_leaves_global_rng_alone(teacher):
 )
 def test_narrower_student_invalid_shapes(teacher, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        build_student(teacher, **kwargs)
+        build_student(teacher, encoder_init="random", **kwargs)
+
+
+# ------------------------------------------------------------------------------------------- projected encoder
+
+
+def _batches(vocab_size: int = 200) -> list[dict[str, torch.Tensor]]:
+    return [make_inputs(vocab_size, batch=4, length=10), make_inputs(vocab_size, batch=2, length=6)]
+
+
+def test_projection_with_a_permutation_basis_reproduces_the_teacher(teacher):
+    """With nothing dropped (every head and neuron, a square basis) the projection is exact. A permutation is used
+    rather than the identity so that a weight projected on the wrong side, or a norm left unprojected, shows up."""
+    from trainer_ext.students import _project_encoder
+
+    permutation = torch.eye(64)[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
+    student = BertForSequenceClassification(teacher.config)
+    _project_encoder(teacher, student, permutation, kept=[0, 1, 2, 3])
+    inputs = make_inputs()
+    torch.testing.assert_close(logits(student, inputs), logits(teacher, inputs), atol=1e-5, rtol=0)
+    assert not torch.equal(
+        student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight
+    )
+
+
+def test_hidden_state_projection_is_the_top_uncentred_principal_basis(teacher):
+    from trainer_ext.students import hidden_state_projection
+
+    batches = _batches()
+    projection = hidden_state_projection(teacher, batches, 32)
+    assert projection.shape == (64, 32)
+    torch.testing.assert_close(projection.T @ projection, torch.eye(32), atol=1e-5, rtol=0)
+
+    # The same vectors gathered independently: every hidden state (embeddings and each layer) at unmasked tokens.
+    teacher.eval()
+    with torch.no_grad():
+        rows = torch.cat(
+            [
+                states[batch["attention_mask"].bool()]
+                for batch in batches
+                for states in teacher(**batch, output_hidden_states=True).hidden_states
+            ]
+        )
+    assert rows.shape[0] == 5 * (4 * 10 - 4 + 2 * 6 - 4)  # 5 hidden states x real tokens (the first row is padded)
+    total = rows.pow(2).sum()
+    kept = (rows @ projection).pow(2).sum() / total
+    torch.testing.assert_close(kept, torch.linalg.svdvals(rows)[:32].pow(2).sum() / total, atol=1e-5, rtol=0)
+    random_basis, _ = torch.linalg.qr(torch.randn(64, 32, generator=torch.Generator().manual_seed(3)))
+    assert kept > (rows @ random_basis).pow(2).sum() / total
+    with pytest.raises(ValueError, match="no tokens"):
+        hidden_state_projection(teacher, [], 32)
+
+
+def test_projected_student_keeps_the_strongest_heads_and_neurons():
+    teacher = make_teacher(hidden_size=64)  # 4 heads of 16, FFN 128
+    layer = teacher.bert.encoder.layer[3]
+    with torch.no_grad():
+        layer.attention.self.value.weight[16:32] *= 0.01  # head 1 barely writes to the residual stream
+        layer.intermediate.dense.weight[:40] *= 0.01  # neither do feed-forward neurons 0-39
+    batches = _batches()
+    student = build_student(
+        teacher, num_hidden_layers=2, hidden_size=48, intermediate_size=88, calibration_inputs=batches
+    )
+    from trainer_ext.students import hidden_state_projection
+
+    projection = hidden_state_projection(teacher, batches, 48)
+    assert student.config.num_attention_heads == 3
+    assert student.config.trainer_ext_student_init.startswith("teacher layers [1, 3] projected onto the principal")
+    target = student.bert.encoder.layer[1]  # teacher layer 3
+    rows = torch.cat([torch.arange(0, 16), torch.arange(32, 64)])  # heads 0, 2, 3
+    torch.testing.assert_close(
+        target.attention.self.query.weight, layer.attention.self.query.weight[rows] @ projection
+    )
+    torch.testing.assert_close(
+        target.attention.output.dense.weight, projection.T @ layer.attention.output.dense.weight[:, rows]
+    )
+    neurons = torch.arange(40, 128)
+    torch.testing.assert_close(target.intermediate.dense.weight, layer.intermediate.dense.weight[neurons] @ projection)
+    torch.testing.assert_close(target.output.dense.weight, projection.T @ layer.output.dense.weight[:, neurons])
+    gamma = layer.output.LayerNorm.weight
+    torch.testing.assert_close(
+        target.output.LayerNorm.weight, torch.diag(projection.T @ torch.diag(gamma) @ projection)
+    )
+    torch.testing.assert_close(student.classifier.weight, teacher.classifier.weight @ projection)
+    torch.testing.assert_close(
+        student.bert.pooler.dense.weight, projection.T @ teacher.bert.pooler.dense.weight @ projection
+    )
+    torch.testing.assert_close(
+        student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight @ projection
+    )
+
+
+def test_projected_student_tracks_the_teacher_better_than_a_random_encoder():
+    """Before any training, the projected student's last hidden states are close to the teacher's seen through the
+    same basis; a random encoder's are not. The teacher's weights are ten times BERT's initial scale so that its
+    layers, not only its embeddings, shape the hidden states (as training does)."""
+    from trainer_ext.students import hidden_state_projection
+
+    teacher = make_teacher(initializer_range=0.2)
+
+    inputs, batches = make_inputs(batch=16), _batches()
+    mask = inputs["attention_mask"].bool()
+    projection = hidden_state_projection(teacher, batches, 48)
+    with torch.no_grad():
+        expected = teacher.eval()(**inputs, output_hidden_states=True).hidden_states[-1][mask] @ projection
+    errors = {}
+    for init in ("projected", "random"):
+        student = _narrow(
+            teacher,
+            num_hidden_layers=4,
+            hidden_size=48,
+            num_attention_heads=3,
+            intermediate_size=96,
+            encoder_init=init,
+            calibration_inputs=batches,
+        )
+        with torch.no_grad():
+            got = student.eval()(**inputs, output_hidden_states=True).hidden_states[-1][mask]
+        errors[init] = ((got - expected).norm() / expected.norm()).item()
+    assert errors["projected"] < 0.75 * errors["random"], errors
 
 
 def test_save_and_reload_round_trip(teacher, tmp_path):
@@ -345,7 +469,7 @@ def test_bert_mini_preset():
         label2id=LABEL2ID,
     )
     teacher = BertForSequenceClassification(config)
-    student = build_student(teacher, preset="bert-mini")
+    student = build_student(teacher, preset="bert-mini", encoder_init="random")
     got = student.config
     assert (got.num_hidden_layers, got.hidden_size, got.num_attention_heads, got.intermediate_size) == (
         4,
@@ -354,6 +478,9 @@ def test_bert_mini_preset():
         1024,
     )
     assert got.vocab_size == 200 and got.id2label == ID2LABEL
+    # A projected encoder keeps whole teacher heads (of 32) and at most the teacher's 512 feed-forward neurons.
+    got = build_student(teacher, preset="bert-mini").config
+    assert (got.num_hidden_layers, got.hidden_size, got.num_attention_heads, got.intermediate_size) == (4, 256, 8, 512)
 
     # Explicit sizes override the preset.
     deeper = build_student(teacher, preset="bert-mini", num_hidden_layers=2)
