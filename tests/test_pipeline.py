@@ -173,6 +173,34 @@ def test_changed_student_settings_redo_only_the_stages_that_read_them(finished_r
     assert reused == {"data", "teacher", "augmentation", "teacher_quantization"}
 
 
+def test_preset_student_is_projected_from_the_teacher_and_rebuilt_when_its_settings_change(tmp_path, monkeypatch):
+    """A preset student starts from the fine-tuned teacher's projected layers; its saved initialisation is keyed, so
+    redoing the student stages with another student_init rebuilds it instead of reusing the old one."""
+    from trainer_ext.students import STUDENT_PRESETS
+
+    monkeypatch.setitem(STUDENT_PRESETS, "toy", dict(num_hidden_layers=1, hidden_size=24, intermediate_size=48))
+    assets = write_assets(tmp_path)
+    recipe_path = tiny_recipe(tmp_path, assets, augment=False, student="toy", student_init_samples=40)
+    Pipeline(load_recipe(recipe_path), progress=lambda _m: None).run()
+    init = tmp_path / "out" / "student_init"
+    config = json.loads((init / "config.json").read_text())
+    assert config["hidden_size"] == 24 and config["num_attention_heads"] == 1  # the teacher's head size, 24
+    assert config["trainer_ext_student_init"].startswith("teacher layers [1] projected onto the principal directions")
+    distilled = json.loads((tmp_path / "out" / "student_distilled" / "config.json").read_text())
+    assert distilled["trainer_ext_student_init"] == config["trainer_ext_student_init"]
+
+    overrides = {"run": {"student_init": "random"}}
+    with pytest.raises(PipelineError, match="other settings"):
+        Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
+    for stage in ("student_no_distillation", "distillation", "quantization", "benchmark", "card"):
+        (tmp_path / "out" / "stages" / f"{stage}.json").unlink()
+    Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
+    rebuilt = json.loads((init / "config.json").read_text())["trainer_ext_student_init"]
+    assert rebuilt.endswith("random encoder")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["student_base"] == f"the toy preset built from the teacher: {rebuilt}"
+
+
 def test_interrupted_stage_is_redone_on_resume(tmp_path):
     """A stage killed before its marker was written runs again; the stages before it are reused."""
     assets = write_assets(tmp_path)
@@ -250,6 +278,7 @@ def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
 def test_shipped_recipes_parse_to_the_reference_settings_without_downloading():
     quick = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="quick")
     assert quick.run.teacher == "packaged:minilm" and quick.run.student == "bert-mini"
+    assert quick.run.student_init == "projected" and quick.student_training.learning_rate == 1e-4
     assert quick.augmentation.generator_name_or_path == "packaged:smollm2" and quick.run.max_train_samples == 1000
     sst2 = load_recipe(ROOT / "recipes" / "sst2_bert_mini.yaml", overrides={"run": {"seed": "7"}})
     assert (sst2.run.dataset, sst2.run.dataset_config, sst2.run.text_column) == ("glue", "sst2", "sentence")

@@ -30,7 +30,7 @@ from .arguments import DistillationTrainingArguments
 from .assets import minilm_teacher_path
 from .benchmark import describe_model, fixed_length_inputs, measure_pytorch_latency
 from .data import id2label_label2id, label_names, load_offline_rotten_tomatoes
-from .students import build_student
+from .students import build_student, calibration_batches
 from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
@@ -186,7 +186,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
 
     teacher, stages["teacher"] = train_teacher(config, tokenized, tokenizer, out)
     # One initialisation for both student runs, so the comparison isolates the distillation loss.
-    initial_student = build_student(teacher, preset=config.student_preset, seed=config.seed)
+    # Its layers are the teacher's, projected onto the principal directions of its hidden states on 512 sentences.
+    batches = calibration_batches(tokenizer, data["train"]["text"][:512], max_length=config.max_length)
+    initial_student = build_student(
+        teacher, preset=config.student_preset, seed=config.seed, calibration_inputs=batches
+    )
     plain = copy.deepcopy(initial_student)
     stages["student_no_distillation"] = train_student(config, plain, tokenized, tokenizer, out, teacher=None)
     distilled = copy.deepcopy(initial_student)

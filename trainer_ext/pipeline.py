@@ -45,7 +45,7 @@ from .cards import INT8_VARIANT, RESULTS_FILE, write_model_card
 from .data import OFFLINE_DATASET_NAME, id2label_label2id, label_names, load_text_classification_dataset
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
 from .recipe import PACKAGED_GENERATOR, PACKAGED_TEACHER, Recipe
-from .students import STUDENT_PRESETS, build_student
+from .students import STUDENT_PRESETS, build_student, calibration_batches
 from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
@@ -315,21 +315,40 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------------------------- students
     def _student_settings(self) -> dict[str, Any]:
-        return {"student": self.args.student, "max_length": self.args.max_length} | _settings(
-            self.recipe.student_training
+        init = {"student_init": self.args.student_init, "student_init_samples": self.args.student_init_samples}
+        return (
+            {"student": self.args.student, "max_length": self.args.max_length}
+            | (init if self.args.student in STUDENT_PRESETS else {})
+            | _settings(self.recipe.student_training)
         )
 
     def _initial_student(self) -> tuple[PreTrainedModel, Any]:
-        """The student both runs start from, saved once so that a resumed run starts from the same weights."""
+        """The student both runs start from, saved once so that a resumed run starts from the same weights.
+
+        It is keyed like a stage (its settings and the data and teacher it came from): when the student stages are
+        redone with other settings, a saved initialisation from the old ones is rebuilt, never reused.
+        """
         path = self.out / "student_init"
-        if not (path / "config.json").exists():
+        a = self.args
+        settings = [a.student, a.student_init, a.student_init_samples, a.max_length, a.seed]
+        key = _hash([settings, self.keys.get("data"), self.keys.get("teacher")])
+        key_file = path / "init_key.json"
+        saved = json.loads(key_file.read_text()).get("key") if key_file.exists() else None
+        if saved != key:
             teacher, teacher_tokenizer = self._teacher()
             names = label_names(self.data["train"])
             if self.args.student in STUDENT_PRESETS:
-                student, tokenizer = (
-                    build_student(teacher, preset=self.args.student, seed=self.args.seed),
-                    teacher_tokenizer,
+                # The projection basis comes from the teacher's hidden states on the first training sentences.
+                texts = self.data["train"]["text"][: self.args.student_init_samples]
+                batches = calibration_batches(teacher_tokenizer, texts, max_length=self.args.max_length)
+                student = build_student(
+                    teacher,
+                    preset=self.args.student,
+                    seed=self.args.seed,
+                    encoder_init=self.args.student_init,
+                    calibration_inputs=batches,
                 )
+                tokenizer = teacher_tokenizer
             else:
                 id2label, label2id = id2label_label2id(names)
                 torch.manual_seed(self.args.seed)
@@ -339,6 +358,7 @@ class Pipeline:
                 tokenizer = AutoTokenizer.from_pretrained(self.args.student)
             if self.is_main:
                 _save_model(student, tokenizer, path)
+                _atomic_json(key_file, {"key": key})
             self.barrier()
         return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
@@ -573,7 +593,8 @@ class Pipeline:
                 None,
             ),
             "student_base": (
-                f"the {self.args.student} preset built from the teacher (its vocabulary and PCA-projected embeddings)"
+                f"the {self.args.student} preset built from the teacher: "
+                + str(getattr(sources["student_distilled"][0].config, "trainer_ext_student_init", "its vocabulary"))
                 if self.args.student in STUDENT_PRESETS
                 else self.args.student
             ),

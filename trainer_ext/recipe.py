@@ -79,9 +79,21 @@ class RunArguments:
     student: str = field(
         default="bert-mini",
         metadata={
-            "help": "A STUDENT_PRESETS name (built from the teacher: its vocabulary, PCA-projected embeddings) or a "
-            "local folder / Hub id of a model to start from (e.g. google/bert_uncased_L-4_H-256_A-4)."
+            "help": "A STUDENT_PRESETS name (built from the teacher, see student_init) or a local folder / Hub id of "
+            "a model to start from (e.g. google/bert_uncased_L-4_H-256_A-4)."
         },
+    )
+    student_init: str = field(
+        default="projected",
+        metadata={
+            "help": "How a preset student is built from the teacher: 'projected' (its layers, heads and neurons "
+            "projected onto the principal directions of its hidden states on training text) or 'random' (only the "
+            "embeddings projected, a random encoder).",
+            "choices": ["projected", "random"],
+        },
+    )
+    student_init_samples: int = field(
+        default=512, metadata={"help": "Training sentences whose teacher hidden states give the projection basis."}
     )
     augment: bool = field(default=True, metadata={"help": "Run the augmentation stage (generator, relabelling)."})
     max_length: int = field(default=64, metadata={"help": "Tokenization length for training (the reference's 64)."})
@@ -91,8 +103,10 @@ class RunArguments:
     def __post_init__(self) -> None:
         if self.teacher_fine_tune not in ("auto", "true", "false"):
             raise ValueError(f"teacher_fine_tune must be 'auto', 'true' or 'false', got {self.teacher_fine_tune!r}.")
-        if self.max_length < 8 or self.latency_runs < 1:
-            raise ValueError("max_length must be >= 8 and latency_runs >= 1.")
+        if self.student_init not in ("projected", "random"):
+            raise ValueError(f"student_init must be 'projected' or 'random', got {self.student_init!r}.")
+        if self.max_length < 8 or self.latency_runs < 1 or self.student_init_samples < 1:
+            raise ValueError("max_length must be >= 8, and latency_runs and student_init_samples >= 1.")
 
 
 @dataclass
