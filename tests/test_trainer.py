@@ -279,6 +279,31 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tokenizer, data,
     assert torch.allclose(finals[0], finals[1], atol=2e-4)
 
 
+def test_hidden_distillation_of_a_built_student_follows_its_teacher_layers_and_embedding_map(
+    tmp_path, tokenizer, data, teacher
+):
+    from trainer_ext import build_student
+
+    student = build_student(teacher, num_hidden_layers=2, hidden_size=24)  # projected from teacher layers [0, 2]
+    assert student.config.trainer_ext_teacher_layers == [0, 2]
+    trainer = DistillationTrainer(
+        model=student,
+        args=args_for(tmp_path, hidden_distillation_weight=1.0),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+    )
+    assert trainer.hidden_layer_map == {0: 0, 1: 1, 2: 3}  # hidden state i + 1 is layer i's output
+    # The projection starts at the least-squares map between the embedding tables, so the embedding output (before
+    # its LayerNorm) is already reconstructed far better than through a randomly initialised projection.
+    student_words = student.get_input_embeddings().weight.detach()
+    teacher_words = teacher.get_input_embeddings().weight.detach()
+    with torch.no_grad():
+        error = (trainer.hidden_projection(student_words) - teacher_words).norm() / teacher_words.norm()
+        random_error = (torch.nn.Linear(24, 48)(student_words) - teacher_words).norm() / teacher_words.norm()
+    assert error < 0.9 and error < random_error / 1.5, (error, random_error)
+
+
 def test_hidden_distillation_trains_a_projection_that_is_never_saved(tmp_path, tokenizer, data, teacher):
     student = make_bert(tokenizer, seed=2)  # hidden 32 vs the teacher's 48
     trainer = DistillationTrainer(

@@ -72,8 +72,9 @@ class DistillationTrainingArguments(TrainingArguments):
     hidden_layer_map: str | None = field(
         default=None,
         metadata={
-            "help": "Student-to-teacher hidden layer map, 'student:teacher,...' (0 = embeddings). Default: each "
-            "student layer i maps to teacher layer round(i * teacher_layers / student_layers)."
+            "help": "Student-to-teacher hidden layer map, 'student:teacher,...' (0 = embeddings). Default: the teacher "
+            "layers a build_student student started from (config.trainer_ext_teacher_layers), else student layer i "
+            "maps to teacher layer round(i * teacher_layers / student_layers)."
         },
     )
     cache_teacher_logits: bool = field(

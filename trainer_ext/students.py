@@ -113,7 +113,9 @@ def build_student(
 
     The student always shares the teacher's tokenizer (vocabulary, special tokens, positions, token types) and
     copies its `id2label`, `label2id`, `num_labels` and `problem_type`. `config.trainer_ext_student_of` records the
-    teacher's name or path and `config.trainer_ext_student_init` how the student was initialised.
+    teacher's name or path and `config.trainer_ext_student_init` how the student was initialised;
+    `config.trainer_ext_teacher_layers` the 0-based teacher layer each student layer started from (not set for a
+    random encoder), which DistillationTrainer's default hidden-state layer map follows.
 
     Two modes, chosen from the requested shape:
 
@@ -246,6 +248,7 @@ def _build_layer_subset(
     config = copy.deepcopy(teacher_config)
     config.num_hidden_layers = len(kept)
     config.trainer_ext_student_init = f"teacher layers {kept}"
+    config.trainer_ext_teacher_layers = kept
     student = type(teacher)(config)
 
     new_index = {old: new for new, old in enumerate(kept)}
@@ -381,6 +384,7 @@ def _build_narrower(
     projection = projection.to(teacher_words.device)
     if project:
         _project_encoder(teacher, student, projection, kept)
+        config.trainer_ext_teacher_layers = kept
         config.trainer_ext_student_init = (
             f"teacher layers {kept} projected onto {basis} ({heads} of {teacher_config.num_attention_heads} heads, "
             f"{intermediate} of {getattr(teacher_config, intermediate_attr)} feed-forward neurons per layer)"

@@ -278,6 +278,10 @@ class DistillationTrainer(Trainer):
         teacher_config, student_config = self.teacher_model.config, self.model.config
         n_teacher, n_student = teacher_config.num_hidden_layers, student_config.num_hidden_layers
         layer_map = parse_layer_map(self.distillation_args.hidden_layer_map)
+        origin = getattr(student_config, "trainer_ext_teacher_layers", None)
+        if layer_map is None and isinstance(origin, list) and len(origin) == n_student:
+            # A student built from this teacher (build_student) matches each layer to the one it started from.
+            layer_map = {0: 0} | {i + 1: int(t) + 1 for i, t in enumerate(origin)}
         if layer_map is None:
             layer_map = {s: round(s * n_teacher / n_student) for s in range(1, n_student + 1)}
         for s, t in layer_map.items():
@@ -293,10 +297,27 @@ class DistillationTrainer(Trainer):
             self.hidden_projection = nn.Linear(student_config.hidden_size, teacher_config.hidden_size).to(
                 self.args.device
             )
+            self._init_hidden_projection()
             if self.args.world_size > 1:
                 # Outside the DDP-wrapped model, so average its gradients across processes ourselves.
                 for param in self.hidden_projection.parameters():
                     param.register_hook(_all_reduce_mean)
+
+    @torch.no_grad()
+    def _init_hidden_projection(self) -> None:
+        """Start the student-to-teacher projection at the least-squares map between the two word-embedding tables.
+
+        Both models read the same vocabulary (checked earlier), so row `i` of each table embeds the same token. For a
+        student built by `build_student` (student embeddings = teacher embeddings @ P, P orthonormal) this recovers
+        `P.T`, the map its projected layers were built with; otherwise it is still a better start than random.
+        """
+        student_words = self.model.get_input_embeddings().weight.detach().float()
+        teacher_words = self.teacher_model.get_input_embeddings().weight.detach().float().to(student_words.device)
+        if student_words.shape[0] != teacher_words.shape[0]:
+            return  # different vocabularies (a teacher_tokenizer was given): keep the random initialisation
+        solution = torch.linalg.lstsq(student_words.cpu(), teacher_words.cpu()).solution  # (student, teacher)
+        self.hidden_projection.weight.copy_(solution.T.to(self.hidden_projection.weight))
+        self.hidden_projection.bias.zero_()
 
     def _check_augmentation(self) -> None:
         if self.teacher_model is None:
