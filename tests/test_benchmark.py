@@ -1,3 +1,5 @@
+import os
+
 import pytest
 from conftest import make_bert, make_dataset
 
@@ -26,3 +28,15 @@ def test_onnx_profile(tmp_path, tokenizer):
     profile = profile_onnx(str(path), tokenizer, texts, runs=5, warmup=1, throughput_batch=8)
     assert profile["latency_fixed"]["median_ms"] > 0
     assert profile["size_mb"] == pytest.approx(path.stat().st_size / 1e6)
+
+
+def test_cpu_name_is_the_model_name_where_linux_gives_one():
+    from trainer_ext.benchmark import cpu_name
+
+    name = cpu_name()
+    assert isinstance(name, str) and name
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            models = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        if models:
+            assert name == models[0]

@@ -161,12 +161,11 @@ def collect_results(
     """Measure the student, teacher and INT8 file of one output directory and save `results.json` there."""
     import json
     import os
-    import platform
     from pathlib import Path
 
     import torch
 
-    from .benchmark import measure_classifier
+    from .benchmark import cpu_name, measure_classifier
     from .cards import INT8_VARIANT, RESULTS_FILE
     from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE
 
@@ -199,7 +198,7 @@ def collect_results(
             "sequence_length": sequence_length,
             "runs": latency_runs,
             "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
         },
         "quantization": report,
     }

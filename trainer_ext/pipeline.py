@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from transformers.utils import logging
 
 from .assets import minilm_teacher_path, smollm2_gguf_path
 from .augmentation import TextGenerationAugmenter, merge_with_original, normalize_text
-from .benchmark import fixed_length_runner, interleaved_latency, measure_classifier
+from .benchmark import cpu_name, fixed_length_runner, interleaved_latency, measure_classifier
 from .cards import INT8_VARIANT, RESULTS_FILE, write_model_card
 from .data import OFFLINE_DATASET_NAME, id2label_label2id, label_names, load_text_classification_dataset
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
@@ -579,8 +578,8 @@ class Pipeline:
                 "sequence_length": 64,
                 "runs": rounds * 20,
                 "threads": torch.get_num_threads(),
-                "cpu": platform.processor() or platform.machine(),
-                "method": "interleaved rounds of 20 runs per variant, each after 5 warm-up runs",
+                "cpu": cpu_name(),
+                "method": "interleaved rounds of 20 runs per variant, each after at least 5 runs and 0.25 s of warm-up",
             },
             "teacher": self._describe_teacher(),
             # The Hub model this one was made from, for the card's base_model: a Hub student, else a Hub teacher.
