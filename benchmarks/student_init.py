@@ -57,7 +57,7 @@ def main() -> None:
     variants = {
         "random encoder, lr 3e-4": (dict(encoder_init="random"), 3e-4),
         f"random encoder, lr {cli.lr:g}": (dict(encoder_init="random"), cli.lr),
-        f"projected, embeddings basis, lr {cli.lr:g}": ({}, cli.lr),
+        f"projected, embeddings basis, lr {cli.lr:g}": (dict(encoder_init="projected"), cli.lr),
         f"projected, hidden-state basis, lr {cli.lr:g}": (
             dict(calibration_inputs=calibration_batches(tokenizer, texts, max_length=64)),
             cli.lr,

@@ -143,10 +143,10 @@ def test_keeping_every_layer_reproduces_the_teacher(teacher):
         ({"num_hidden_layers": 2, "num_attention_heads": 2}, r"num_attention_heads must stay 4"),
         ({"hidden_size": 128}, r"larger than the teacher's 64"),
         ({"hidden_size": 32, "layers": [0, 1], "encoder_init": "random"}, r"random encoder does not use"),
-        ({"hidden_size": 32, "layers": [0, 1], "num_hidden_layers": 3}, r"disagrees"),
-        ({"hidden_size": 32, "num_attention_heads": 4}, r"teacher's head size 16"),
-        ({"hidden_size": 24}, r"head size 16, which does not divide hidden_size 24"),
-        ({"hidden_size": 32, "intermediate_size": 256}, r"larger than the teacher's 128"),
+        ({"hidden_size": 32, "layers": [0, 1], "num_hidden_layers": 3, "encoder_init": "projected"}, r"disagrees"),
+        ({"hidden_size": 32, "num_attention_heads": 4, "encoder_init": "projected"}, r"teacher's head size 16"),
+        ({"hidden_size": 24, "encoder_init": "projected"}, r"head size 16, which does not divide hidden_size 24"),
+        ({"hidden_size": 32, "intermediate_size": 256, "encoder_init": "projected"}, r"larger than the teacher's 128"),
         ({"hidden_size": 32, "encoder_init": "copied"}, r"encoder_init must be one of"),
         ({"preset": "bert-huge"}, r"Unknown student preset.*bert-mini"),
     ],
@@ -204,9 +204,17 @@ def test_other_encoders(make):
     torch.testing.assert_close(logits(full, inputs), logits(teacher, inputs), atol=1e-6, rtol=0)
     assert count_parameters(build_student(teacher, layers=[0, 3])) < count_parameters(teacher)
 
-    narrow = build_student(teacher, num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64)
-    assert narrow.config.hidden_size == 32 and narrow.config.num_hidden_layers == 2
-    assert logits(narrow, inputs).shape == (3, 3)
+    for init in ("projected", "random"):
+        narrow = build_student(
+            teacher,
+            num_hidden_layers=2,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            encoder_init=init,
+        )
+        assert narrow.config.hidden_size == 32 and narrow.config.num_hidden_layers == 2
+        assert logits(narrow, inputs).shape == (3, 3) and torch.isfinite(logits(narrow, inputs)).all()
 
 
 # ----------------------------------------------------------------------------------------------- narrower model
@@ -479,8 +487,13 @@ def test_bert_mini_preset():
     )
     assert got.vocab_size == 200 and got.id2label == ID2LABEL
     # A projected encoder keeps whole teacher heads (of 32) and at most the teacher's 512 feed-forward neurons.
-    got = build_student(teacher, preset="bert-mini").config
+    got = build_student(teacher, preset="bert-mini", encoder_init="projected").config
     assert (got.num_hidden_layers, got.hidden_size, got.num_attention_heads, got.intermediate_size) == (4, 256, 8, 512)
+    # Without calibration text the default stays a random encoder (projecting on the embedding basis measured no
+    # better); with it, the layers are projected.
+    assert build_student(teacher, preset="bert-mini").config.trainer_ext_student_init.endswith("random encoder")
+    calibrated = build_student(teacher, preset="bert-mini", calibration_inputs=[make_inputs(batch=4)])
+    assert calibrated.config.trainer_ext_student_init.startswith("teacher layers [0, 2, 3, 5] projected")
 
     # Explicit sizes override the preset.
     deeper = build_student(teacher, preset="bert-mini", num_hidden_layers=2)

@@ -284,7 +284,7 @@ def test_hidden_distillation_of_a_built_student_follows_its_teacher_layers_and_e
 ):
     from trainer_ext import build_student
 
-    student = build_student(teacher, num_hidden_layers=2, hidden_size=24)  # projected from teacher layers [0, 2]
+    student = build_student(teacher, num_hidden_layers=2, hidden_size=24, encoder_init="projected")  # layers [0, 2]
     assert student.config.trainer_ext_teacher_layers == [0, 2]
     trainer = DistillationTrainer(
         model=student,
