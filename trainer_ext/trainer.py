@@ -299,8 +299,12 @@ class DistillationTrainer(Trainer):
             )
             self._init_hidden_projection()
             if self.args.world_size > 1:
-                # Outside the DDP-wrapped model, so average its gradients across processes ourselves.
+                # Outside the DDP-wrapped model, so do what DDP does for the student ourselves: start every process
+                # from rank 0's copy (a least-squares solve is not bit-identical across processes) and average the
+                # gradients.
                 for param in self.hidden_projection.parameters():
+                    if torch.distributed.is_available() and torch.distributed.is_initialized():
+                        torch.distributed.broadcast(param.data, src=0)
                     param.register_hook(_all_reduce_mean)
 
     @torch.no_grad()
