@@ -80,7 +80,11 @@ def pca_projection(embeddings: torch.Tensor, dim: int) -> torch.Tensor:
     centred = weight - weight.mean(dim=0, keepdim=True)
     # Full matrices only when needed: for a real vocabulary they would include a vocab x vocab U.
     _, _, vh = torch.linalg.svd(centred, full_matrices=num_rows < dim)
-    projection = vh[:dim].T.contiguous()
+    return _fixed_signs(vh[:dim].T.contiguous())
+
+
+def _fixed_signs(projection: torch.Tensor) -> torch.Tensor:
+    """Flip each column so that its largest-magnitude entry is positive (singular/eigenvectors have arbitrary sign)."""
     signs = torch.sign(projection.gather(0, projection.abs().argmax(dim=0, keepdim=True)))
     signs[signs == 0] = 1
     return projection * signs
@@ -446,10 +450,7 @@ def hidden_state_projection(
     if tokens == 0:
         raise ValueError("calibration_inputs held no tokens; pass a few batches of tokenized training text.")
     _, vectors = torch.linalg.eigh(moment)  # ascending eigenvalues
-    projection = vectors[:, -dim:].flip(1).float().contiguous()
-    signs = torch.sign(projection.gather(0, projection.abs().argmax(dim=0, keepdim=True)))
-    signs[signs == 0] = 1
-    return projection * signs
+    return _fixed_signs(vectors[:, -dim:].flip(1).float().contiguous())
 
 
 # Per-layer module names of the supported families: BERT-style (BERT, RoBERTa, ELECTRA, XLM-R, ...) and DistilBERT.
