@@ -3,36 +3,36 @@ and a recipe key with no extra code."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import TrainingArguments
 
-DISTILLATION_LOSSES = ("mse", "kl", "ce")
+DistillationLoss = Literal["mse", "kl", "ce"]
+DISTILLATION_LOSSES = DistillationLoss.__args__
 
 
-def parse_layer_map(value: str | dict | list | None) -> dict[int, int] | None:
-    """Parse a student-to-teacher hidden layer map.
+def parse_layer_map(value: dict | list | str | None) -> dict[int, int] | None:
+    """A student-to-teacher hidden layer map as `{student_layer: teacher_layer}` (0 = the embedding output).
 
-    Accepts a dict `{student_layer: teacher_layer}`, a list whose i-th entry is the teacher layer for student layer i,
-    or a string `"1:2,2:4"` (the CLI / YAML form). Layer 0 is the embedding output, as in `output_hidden_states`.
+    Accepts a dict, a list whose i-th entry is the teacher layer for student layer i, or the dict as a JSON string
+    (the command-line form, as `TrainingArguments` takes its dict fields).
     """
-    if value is None or value == "" or value == {}:
-        return None
-    if isinstance(value, dict):
-        return {int(k): int(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return {i: int(v) for i, v in enumerate(value)}
     if isinstance(value, str):
-        pairs = {}
-        for item in value.split(","):
-            student, sep, teacher = item.strip().partition(":")
-            if not sep:
-                raise ValueError(
-                    f"hidden_layer_map={value!r} is not of the form 'student:teacher,...' (for example '2:4,4:8')."
-                )
-            pairs[int(student)] = int(teacher)
-        return pairs
-    raise TypeError(f"hidden_layer_map must be a dict, a list or a 'student:teacher,...' string, not {type(value)}.")
+        try:
+            value = json.loads(value) if value.strip() else None
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f'hidden_layer_map={value!r} is not JSON: write a mapping such as \'{{"2": 4, "4": 8}}\'.'
+            ) from err
+    if not value:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = dict(enumerate(value))
+    if not isinstance(value, dict):
+        raise ValueError(f"hidden_layer_map must map student layers to teacher layers, got {value!r}.")
+    return {int(k): int(v) for k, v in value.items()}
 
 
 @dataclass
@@ -43,12 +43,11 @@ class DistillationTrainingArguments(TrainingArguments):
     hard-label term (`distillation_weight=1.0`).
     """
 
-    distillation_loss: str = field(
+    distillation_loss: DistillationLoss = field(
         default="mse",
         metadata={
             "help": "Loss between student and teacher logits: 'mse' (on raw logits, as in the reference study), "
-            "'kl' (Hinton: KL(teacher_T || student_T) * T^2, batchmean) or 'ce' (soft cross-entropy * T^2).",
-            "choices": list(DISTILLATION_LOSSES),
+            "'kl' (Hinton: KL(teacher_T || student_T) * T^2, batchmean) or 'ce' (soft cross-entropy * T^2)."
         },
     )
     temperature: float = field(
@@ -69,10 +68,11 @@ class DistillationTrainingArguments(TrainingArguments):
             "Needs the teacher online (hidden states are not cached) and the same tokenizer for both models."
         },
     )
-    hidden_layer_map: str | None = field(
+    hidden_layer_map: dict[int, int] | str | None = field(
         default=None,
         metadata={
-            "help": "Student-to-teacher hidden layer map, 'student:teacher,...' (0 = embeddings). Default: the teacher "
+            "help": "Student-to-teacher hidden layer map {student: teacher} (0 = embeddings; a JSON string on the "
+            "command line, a mapping or a list in YAML). Default: the teacher "
             "layers a build_student student started from (config.trainer_ext_teacher_layers), else student layer i "
             "maps to teacher layer round(i * teacher_layers / student_layers)."
         },
@@ -121,5 +121,5 @@ class DistillationTrainingArguments(TrainingArguments):
             raise ValueError(f"hidden_distillation_weight must be >= 0, got {self.hidden_distillation_weight}.")
         if self.teacher_max_length < 1:
             raise ValueError(f"teacher_max_length must be >= 1, got {self.teacher_max_length}.")
-        # Validate the map's syntax now, not at the first training step.
-        parse_layer_map(self.hidden_layer_map)
+        # Parsed now, so a malformed map fails here and not at the first training step.
+        self.hidden_layer_map = parse_layer_map(self.hidden_layer_map)

@@ -6,30 +6,6 @@ import argparse
 import sys
 
 
-def _demo(argv: list[str]) -> int:
-    from transformers import HfArgumentParser
-    from transformers.utils import logging as hf_logging
-
-    from .demo import DemoConfig, format_table, run_demo
-
-    parser = HfArgumentParser(DemoConfig, prog="trainer-ext demo", description=_COMMANDS["demo"])
-    config, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        valid = sorted(a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help")
-        parser.error(f"unrecognised arguments {unknown}; valid options: {', '.join(valid)}")
-    hf_logging.set_verbosity_warning()
-    results = run_demo(config)
-    print()
-    print("Test split of rotten_tomatoes_offline; latency at batch 1, length 64, PyTorch FP32,")
-    print(f"{results['latency_setting']['num_threads']} threads (median of {config.latency_runs} runs).")
-    print(format_table(results))
-    print()
-    stages = ", ".join(f"{k} {v:.0f}s" for k, v in results["stage_seconds"].items())
-    print(f"Stage times: {stages}")
-    print(f"Results: {config.output_dir}/demo_results.json")
-    return 0
-
-
 def _augment(argv: list[str]) -> int:
     from dataclasses import dataclass, field
 
@@ -204,8 +180,6 @@ _COMMANDS = {
     "benchmark and model card; each finished stage is reused on a re-run.",
     "card": "Write a Hub-ready README.md model card (and accuracy_vs_latency.png) from a folder's measured "
     "results.json or compression_report.json.",
-    "demo": "Fine-tune the packaged MiniLM teacher on the built-in offline movie-review data, train a BERT-Mini-shaped "
-    "student with and without distillation, and print accuracy, size and latency of all three.",
 }
 
 
@@ -225,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(sorted(_COMMANDS))}")
-    return {"demo": _demo, "augment": _augment, "quantize": _quantize, "card": _card, "run": _run}[command](rest)
+    return {"augment": _augment, "quantize": _quantize, "card": _card, "run": _run}[command](rest)
 
 
 def _version() -> str:

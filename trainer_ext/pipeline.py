@@ -256,8 +256,8 @@ class Pipeline:
         )
 
     def _needs_fine_tuning(self, source: str, names: list[str]) -> bool:
-        if self.args.teacher_fine_tune != "auto":
-            return self.args.teacher_fine_tune == "true"
+        if self.args.teacher_fine_tune is not None:
+            return self.args.teacher_fine_tune
         config = AutoConfig.from_pretrained(source)
         is_classifier = any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
         saved = [config.id2label.get(i) for i in range(config.num_labels)]

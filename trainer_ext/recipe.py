@@ -17,8 +17,10 @@ profiles:            # named sets of overrides, chosen with --profile NAME
   quick: {run: {max_train_samples: 1000}}
 ```
 
-Overrides on the command line: `--section.key value` (e.g. `--augmentation.num_samples 200`). An unknown section or
-key is an error that lists the valid ones (and the closest match).
+Overrides on the command line: `--section.key value` (e.g. `--augmentation.num_samples 200`; a list as
+`--quantization.optimization_levels 0,2`). An unknown section or key is an error that lists the valid ones (and the
+closest match). Each section is parsed by `transformers.HfArgumentParser` over its dataclass: recipe values are the
+parser's defaults and overrides its command line, so types, choices and conversions are exactly the CLI's.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import types
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from transformers import TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments
 
 from .arguments import DistillationTrainingArguments
 from .augmentation import AugmentationArguments
@@ -68,12 +70,11 @@ class RunArguments:
         default=PACKAGED_TEACHER,
         metadata={"help": f"Teacher: {PACKAGED_TEACHER!r} (the packaged MiniLM), a local folder or a Hub id."},
     )
-    teacher_fine_tune: str = field(
-        default="auto",
+    teacher_fine_tune: bool | None = field(
+        default=None,
         metadata={
-            "help": "'auto' fine-tunes the teacher when it is not yet a classifier for these labels; 'true' always; "
-            "'false' never.",
-            "choices": ["auto", "true", "false"],
+            "help": "Fine-tune the teacher on the training split: true always, false never, unset (null) when it is "
+            "not yet a classifier for these labels."
         },
     )
     student: str = field(
@@ -83,13 +84,12 @@ class RunArguments:
             "a model to start from (e.g. google/bert_uncased_L-4_H-256_A-4)."
         },
     )
-    student_init: str = field(
+    student_init: Literal["projected", "random"] = field(
         default="projected",
         metadata={
             "help": "How a preset student is built from the teacher: 'projected' (its layers, heads and neurons "
             "projected onto the principal directions of its hidden states on training text) or 'random' (only the "
-            "embeddings projected, a random encoder).",
-            "choices": ["projected", "random"],
+            "embeddings projected, a random encoder)."
         },
     )
     student_init_samples: int = field(
@@ -101,8 +101,6 @@ class RunArguments:
     seed: int = field(default=42, metadata={"help": "Seed for data, student initialisation and training."})
 
     def __post_init__(self) -> None:
-        if self.teacher_fine_tune not in ("auto", "true", "false"):
-            raise ValueError(f"teacher_fine_tune must be 'auto', 'true' or 'false', got {self.teacher_fine_tune!r}.")
         if self.student_init not in ("projected", "random"):
             raise ValueError(f"student_init must be 'projected' or 'random', got {self.student_init!r}.")
         if self.max_length < 8 or self.latency_runs < 1 or self.student_init_samples < 1:
@@ -127,24 +125,42 @@ class CardArguments:
     limitations: list[str] | None = field(default=None, metadata={"help": "Extra limitation lines."})
 
 
-# Defaults the pipeline gives the Trainer sections (a recipe value wins). output_dir is always set per stage.
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "per_device_train_batch_size": 32,
-    "per_device_eval_batch_size": 128,
-    "warmup_ratio": 0.1,
-    "weight_decay": 0.01,
-    "group_by_length": True,
-    "eval_strategy": "no",
-    "save_strategy": "no",
-    "logging_steps": 50,
-    "report_to": "none",
-    "dataloader_pin_memory": False,
-}
+@dataclass
+class _StageDefaults:
+    """Defaults of a recipe's training stages, redeclared over `TrainingArguments`' (trl's way).
+
+    Each stage saves its finished model itself and measures it in the benchmark stage, so no checkpoints and no
+    evaluation during training; sentences vary from 3 to 64 tokens, so batches are grouped by length; no reporting
+    integrations, and no pinned memory on CPU-only machines.
+    """
+
+    output_dir: str | None = field(default=None, metadata={"help": "Set by the pipeline for each stage."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per process."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per process."})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "Share of the steps spent warming up."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    group_by_length: bool = field(default=True, metadata={"help": "Batch sentences of similar length together."})
+    eval_strategy: str = field(default="no", metadata={"help": "No evaluation during training."})
+    save_strategy: str = field(default="no", metadata={"help": "No checkpoints: each stage saves its model."})
+    logging_steps: float = field(default=50, metadata={"help": "Log the loss every this many steps."})
+    report_to: str | None = field(default="none", metadata={"help": "Reporting integrations (none by default)."})
+    dataloader_pin_memory: bool = field(default=False, metadata={"help": "Pin memory (GPU only)."})
+
+
+@dataclass
+class TeacherTrainingArguments(_StageDefaults, TrainingArguments):
+    """`TrainingArguments` of the teacher stage, with the stage defaults of `_StageDefaults`."""
+
+
+@dataclass
+class StudentTrainingArguments(_StageDefaults, DistillationTrainingArguments):
+    """`DistillationTrainingArguments` of both student stages, with the stage defaults of `_StageDefaults`."""
+
 
 SECTIONS: dict[str, type] = {
     "run": RunArguments,
-    "teacher_training": TrainingArguments,
-    "student_training": DistillationTrainingArguments,
+    "teacher_training": TeacherTrainingArguments,
+    "student_training": StudentTrainingArguments,
     "augmentation": AugmentationArguments,
     "quantization": QuantizationArguments,
     "card": CardArguments,
@@ -198,46 +214,37 @@ def _check_keys(values: dict[str, dict[str, Any]]) -> None:
                 raise _unknown_key_error(section, key, valid)
 
 
-def _field_type(cls: type, key: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    return hints.get(key, str)
+class _SectionParser(HfArgumentParser):
+    """An `HfArgumentParser` for one recipe section whose errors are `RecipeError`s naming the section."""
 
+    def __init__(self, section: str) -> None:
+        super().__init__(SECTIONS[section], prog=section, add_help=False)
+        self.section = section
 
-def coerce(value: Any, annotation: Any) -> Any:
-    """A command-line string (or YAML scalar) converted to the field's type; YAML 1.1 reads '1e-4' as a string."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        for arg in args:
-            try:
-                return coerce(value, arg)
-            except (TypeError, ValueError):
-                continue
-        return value
-    if origin in (list, typing.List):  # noqa: UP006 - get_origin may return typing.List on old annotations
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        (item,) = typing.get_args(annotation) or (str,)
-        return [coerce(v, item) for v in value]
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if str(value).lower() in ("true", "1", "yes"):
-            return True
-        if str(value).lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"expected an integer, got {value!r}")
-        return int(value)
-    if annotation is float:
-        return float(value)
-    if annotation is str:
-        return str(value)
-    return value
+    def error(self, message: str) -> typing.NoReturn:
+        # argparse says "argument --key/--key-alias: ..."; name the recipe key instead.
+        message = re.sub(r"argument --(\w+)(/--[\w-]+)?", rf"{self.section}.\1", message).rstrip(".")
+        raise RecipeError(f"Recipe section {self.section!r}: {message}.")
+
+    def build(self, values: dict[str, Any], overrides: dict[str, str]) -> Any:
+        """The section's dataclass from recipe values (YAML types) and command-line overrides (strings).
+
+        The recipe values become the parser's defaults, the overrides its command line. argparse converts a string
+        default with the field's type, so YAML 1.1's '1e-4' string still becomes a float.
+        """
+        self.set_defaults(**values)
+        hints = typing.get_type_hints(SECTIONS[self.section])
+        argv = []
+        for key, value in overrides.items():
+            is_list = list in (typing.get_origin(hints[key]), *map(typing.get_origin, typing.get_args(hints[key])))
+            argv += [f"--{key}", *(str(value).replace(",", " ").split() if is_list else [str(value)])]
+        try:
+            (built,) = self.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+        except RecipeError:
+            raise
+        except (TypeError, ValueError) as err:  # raised by the dataclass's own validation
+            raise RecipeError(f"Recipe section {self.section!r}: {err}") from err
+        return built
 
 
 def _merge(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -302,20 +309,11 @@ def load_recipe(
             raise RecipeError(f"Unknown profile {profile!r}; this recipe has: {', '.join(profiles) or 'none'}.")
         _check_keys(profiles[profile])
         values = _merge(values, profiles[profile])
-    if overrides:
-        _check_keys(overrides)
-        values = _merge(values, overrides)
-    built: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        entries = dict(values.get(section, {}))
-        try:
-            typed = {k: coerce(v, _field_type(cls, k)) for k, v in entries.items()}
-        except (TypeError, ValueError) as err:
-            raise RecipeError(f"Recipe section {section!r}: {err}") from err
-        if cls in (TrainingArguments, DistillationTrainingArguments):
-            typed = {**TRAINING_DEFAULTS, **typed, "output_dir": "unset-by-recipe"}
-        try:
-            built[section] = cls(**typed)
-        except (TypeError, ValueError) as err:
-            raise RecipeError(f"Recipe section {section!r}: {err}") from err
+    overrides = overrides or {}
+    _check_keys(overrides)
+    built = {
+        section: _SectionParser(section).build(values.get(section, {}), overrides.get(section, {}))
+        for section in SECTIONS
+    }
+    values = _merge(values, overrides)
     return Recipe(**built, source=str(path) if path else None, profile=profile, raw=values)
