@@ -240,7 +240,7 @@ def test_bad_datasets_are_rejected_before_training(tmp_path, tokenizer, data, te
         ({"distillation_loss": "l1"}, "distillation_loss='l1'"),
         ({"distillation_weight": 1.5}, r"\[0.0, 1.0\]"),
         ({"temperature": 0}, "temperature"),
-        ({"hidden_layer_map": "1-2"}, "student:teacher"),
+        ({"hidden_layer_map": "1-2"}, "not JSON"),
     ],
 )
 def test_arguments_validate(tmp_path, kwargs, match):

@@ -8,17 +8,18 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from datasets import ClassLabel, Dataset, Features, Value, concatenate_datasets
 from tqdm.auto import tqdm
 from transformers import (
@@ -32,11 +33,14 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from .distributed import process_state
+from .files import save_pretrained, write_atomic, write_json
 from .teacher import compute_teacher_logits
 
 logger = logging.get_logger(__name__)
 
 STATS_FILE = "augmentation_stats.json"
+AUGMENTATION_DIR = "augmentation"  # where DistillationTrainer(augmentation_args=...) writes under its output_dir
 GENERATOR_DIR = "generator"
 SHARD_DIR = "shards"
 LABEL_DISTRIBUTIONS = ("balanced", "proportional")
@@ -193,10 +197,8 @@ def _with_labels(encoding: Any) -> Any:
     return encoding
 
 
-def _atomic_save_dataset(dataset: Dataset, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    dataset.to_parquet(str(tmp))
-    os.replace(tmp, path)
+def _to_parquet(dataset: Dataset, path: Path) -> None:
+    dataset.to_parquet(str(path))
 
 
 class TextGenerationAugmenter:
@@ -221,7 +223,12 @@ class TextGenerationAugmenter:
     ) -> None:
         self.args = args or AugmentationArguments()
         if isinstance(generator, (str, os.PathLike)):
-            generator, loaded_tokenizer = load_generator(str(generator), self.args.gguf_file)
+            tuned = Path(self.args.output_dir or "") / GENERATOR_DIR
+            if self.args.output_dir and self.args.fine_tune and (tuned / "config.json").exists():
+                # An earlier run fine-tuned it already: load that and skip loading (say, dequantising) the base.
+                generator, loaded_tokenizer = load_generator(str(tuned)), None
+            else:
+                generator, loaded_tokenizer = load_generator(str(generator), self.args.gguf_file)
             tokenizer = tokenizer or loaded_tokenizer
         if tokenizer is None:
             raise AugmentationError("Pass the generator's tokenizer (tokenizer=...) along with a model object.")
@@ -253,7 +260,8 @@ class TextGenerationAugmenter:
         out = Path(args.output_dir) / GENERATOR_DIR if args.output_dir else None
         if out is not None and (out / "config.json").exists():
             logger.warning(f"Reusing the fine-tuned generator in {out}.")
-            self.model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+            if self.model.name_or_path != str(out):
+                self.model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
             return
         data = train_dataset
         if args.fine_tune_max_samples and len(data) > args.fine_tune_max_samples:
@@ -296,12 +304,7 @@ class TextGenerationAugmenter:
         for p in self.model.parameters():
             p.requires_grad_(True)
         if out is not None and trainer.args.should_save:
-            tmp = out.with_name(out.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
+            save_pretrained(out, self.model, self.tokenizer)
 
     def _freeze_lower_layers(self, n: int) -> None:
         if n <= 0:
@@ -356,7 +359,7 @@ class TextGenerationAugmenter:
             for t in texts
         ]
 
-    def set_length_bounds(self, texts: Sequence[str]) -> None:
+    def _set_length_bounds(self, texts: Sequence[str]) -> None:
         """Word-length bounds and the token budget per sample, from the settings or else the training texts."""
         args = self.args
         words = np.array([len(t.split()) for t in texts])
@@ -367,8 +370,7 @@ class TextGenerationAugmenter:
         self._max_words = args.max_words if args.max_words is not None else int(np.percentile(words, 99))
         self._max_new_tokens = args.max_new_tokens or int(np.percentile(tokens, 99)) + 2
 
-    def _per_label_targets(self, labels: Sequence[int], num_labels: int) -> list[int]:
-        total = self.args.num_samples
+    def _per_label_targets(self, labels: Sequence[int], num_labels: int, total: int) -> list[int]:
         if self.args.label_distribution == "balanced":
             shares = np.full(num_labels, 1.0 / num_labels)
         else:
@@ -388,7 +390,13 @@ class TextGenerationAugmenter:
         text_column: str = "text",
         label_column: str = "label",
     ) -> Dataset:
-        """Fine-tune (optionally), generate per label, filter, relabel with the teacher; return the kept samples."""
+        """Fine-tune (optionally), generate per label, filter, relabel with the teacher; return the kept samples.
+
+        Under `torchrun` / `accelerate launch` the generator fine-tunes data-parallel, each process samples its share
+        of `num_samples` with its own seed (shards in `output_dir/shards/process_<rank>`), the shares are gathered
+        and cross-process duplicates dropped, and the teacher relabels them in shares: every process returns the
+        same dataset, and only the main process writes shared files.
+        """
         args = self.args
         for column in (text_column, label_column):
             if column not in train_dataset.column_names:
@@ -408,7 +416,8 @@ class TextGenerationAugmenter:
         )
         train_texts = [str(t) for t in train_dataset[text_column]]
         train_labels = [int(y) for y in train_dataset[label_column]]
-        self.set_length_bounds(train_texts)
+        self._set_length_bounds(train_texts)
+        state = process_state()
         start = time.perf_counter()
         prompt_names = self.prompt_names(label_names)
         if args.fine_tune:
@@ -417,10 +426,15 @@ class TextGenerationAugmenter:
 
         excluded = {normalize_text(t) for t in train_texts}
         excluded.update(normalize_text(t) for t in (exclude_texts or []))
-        targets = self._per_label_targets(train_labels, len(label_names))
-        kept, stats = self._generate_all(label_names, targets, excluded, prompt_names)
-        generation_seconds = time.perf_counter() - start - fine_tune_seconds
-
+        rank, world = state.process_index, state.num_processes
+        share = args.num_samples // world + (1 if rank < args.num_samples % world else 0)
+        targets = self._per_label_targets(train_labels, len(label_names), share)
+        shard_dir = Path(args.output_dir) / SHARD_DIR / f"process_{rank}" if args.output_dir else None
+        kept, stats = self._generate_all(
+            label_names, targets, excluded, prompt_names, shard_dir, args.seed + 1009 * rank
+        )
+        stats["generation_seconds"] = time.perf_counter() - start - fine_tune_seconds
+        kept, stats = _merge_process_shares(gather_object([kept]), gather_object([stats]), label_names)
         dataset = Dataset.from_dict(
             {"text": [k[0] for k in kept], "prompt_label": [k[1] for k in kept]},
             features=Features({"text": Value("string"), "prompt_label": ClassLabel(names=label_names)}),
@@ -433,15 +447,11 @@ class TextGenerationAugmenter:
         dataset = self.relabel(dataset, teacher, teacher_tokenizer, label_names, stats)
         stats.update(
             fine_tune_seconds=fine_tune_seconds,
-            generation_seconds=generation_seconds,
-            accepted_per_second=stats["kept"] / max(generation_seconds, 1e-9),
+            accepted_per_second=stats["kept"] / max(stats["generation_seconds"], 1e-9),
         )
         self.stats = stats
-        if args.output_dir:
-            path = Path(args.output_dir) / STATS_FILE
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps({"stats": stats, "args": asdict(args)}, indent=2))
-            os.replace(tmp, path)
+        if args.output_dir and state.is_main_process:
+            write_json(Path(args.output_dir) / STATS_FILE, {"stats": stats, "args": asdict(args)})
         return dataset
 
     def prompt_names(self, label_names: list[str]) -> list[str]:
@@ -457,11 +467,15 @@ class TextGenerationAugmenter:
         return names
 
     def _generate_all(
-        self, label_names: list[str], targets: list[int], excluded: set[str], prompt_names: list[str] | None = None
-    ):
-        prompt_names = prompt_names or label_names
+        self,
+        label_names: list[str],
+        targets: list[int],
+        excluded: set[str],
+        prompt_names: list[str],
+        shard_dir: Path | None,
+        seed: int,
+    ) -> tuple[list[tuple[str, int]], dict[str, Any]]:
         args = self.args
-        shard_dir = Path(args.output_dir) / SHARD_DIR if args.output_dir else None
         reasons = Counter()
         seen: set[str] = set()
         kept: list[tuple[str, int]] = []
@@ -469,7 +483,7 @@ class TextGenerationAugmenter:
         shard_index = 0
         generated = 0
         if shard_dir is not None:
-            self._check_manifest(shard_dir, prompt_names, targets)
+            self._check_manifest(shard_dir, prompt_names, targets, seed)
         # Resume: finished shards are replayed through the same filters, in order, so the result is identical.
         if shard_dir is not None and shard_dir.exists():
             while (shard_dir / f"shard-{shard_index:05d}.parquet").exists():
@@ -496,8 +510,7 @@ class TextGenerationAugmenter:
                     : args.generation_batch_size
                 ]
                 prompts = [f"{prompt_names[i]}{args.separator}" for i in prompt_labels]
-                seed = args.seed * 1_000_003 + shard_index * 10_007 + len(texts)
-                texts += self.generate_batch(prompts, seed=seed)
+                texts += self.generate_batch(prompts, seed=seed * 1_000_003 + shard_index * 10_007 + len(texts))
                 labels += prompt_labels
                 for text, label in zip(texts[-len(prompts) :], prompt_labels):
                     self._consider(text, label, targets, per_label, seen, excluded, kept, reasons)
@@ -507,10 +520,8 @@ class TextGenerationAugmenter:
             generated += len(texts)
             if shard_dir is not None and texts:
                 shard_dir.mkdir(parents=True, exist_ok=True)
-                _atomic_save_dataset(
-                    Dataset.from_dict({"text": texts, "prompt_label": labels}),
-                    shard_dir / f"shard-{shard_index:05d}.parquet",
-                )
+                shard = Dataset.from_dict({"text": texts, "prompt_label": labels})
+                write_atomic(shard_dir / f"shard-{shard_index:05d}.parquet", partial(_to_parquet, shard))
             shard_index += 1
         progress.close()
         stats = {
@@ -527,7 +538,7 @@ class TextGenerationAugmenter:
             )
         return kept, stats
 
-    def _check_manifest(self, shard_dir: Path, prompt_names: list[str], targets: list[int]) -> None:
+    def _check_manifest(self, shard_dir: Path, prompt_names: list[str], targets: list[int], seed: int) -> None:
         """Shards only resume a run with the same sampling settings; anything else would mix two different runs."""
         args = self.args
         keys = (
@@ -543,12 +554,11 @@ class TextGenerationAugmenter:
             "temperature",
             "repetition_penalty",
             "shard_size",
-            "seed",
             "generator_name_or_path",
             "gguf_file",
         )
         manifest = {k: getattr(args, k) for k in keys}
-        manifest.update(prompt_names=prompt_names, targets=targets, max_new_tokens=self._max_new_tokens)
+        manifest.update(prompt_names=prompt_names, targets=targets, seed=seed, max_new_tokens=self._max_new_tokens)
         path = shard_dir / "manifest.json"
         if path.exists():
             previous = json.loads(path.read_text())
@@ -559,10 +569,7 @@ class TextGenerationAugmenter:
                     "output_dir, or delete that folder to start over."
                 )
             return
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name("manifest.json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2))
-        os.replace(tmp, path)
+        write_json(path, manifest)
 
     def _consider(self, text, label, targets, per_label, seen, excluded, kept, reasons) -> None:
         if per_label[label] >= targets[label]:
@@ -648,27 +655,118 @@ class TextGenerationAugmenter:
         return dataset
 
 
+def _merge_process_shares(
+    parts: list[list[tuple[str, int]]], stats: list[dict[str, Any]], label_names: list[str]
+) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    """One process's kept samples and statistics, or several processes' combined without cross-process duplicates
+    (processes sample independently, so two can keep the same sentence)."""
+    if len(parts) == 1:
+        return parts[0], stats[0]
+    seen: set[str] = set()
+    kept = []
+    for text, label in (sample for part in parts for sample in part):
+        if normalize_text(text) not in seen:
+            seen.add(normalize_text(text))
+            kept.append((text, label))
+    combined = {
+        key: {name: sum(s[key].get(name, 0) for s in stats) for name in label_names}
+        for key in ("per_label_kept", "targets")
+    }
+    return kept, {
+        "generated": sum(s["generated"] for s in stats),
+        "kept": len(kept),
+        "rejected": dict(sum((Counter(s["rejected"]) for s in stats), Counter())),
+        **combined,
+        "processes": len(parts),
+        "kept_per_process": [len(p) for p in parts],
+        "cross_process_duplicates": sum(len(p) for p in parts) - len(kept),
+        "generation_seconds": max(s["generation_seconds"] for s in stats),
+    }
+
+
 def merge_with_original(
-    original: Dataset, augmented: Dataset, text_column: str = "text", label_column: str = "label"
+    original: Dataset,
+    generated: Dataset,
+    text_column: str = "text",
+    label_column: str = "label",
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    max_length: int = 64,
+    logits_column: str = "teacher_logits",
 ) -> Dataset:
-    """Original rows (source 'original') followed by generated ones, with the same columns and label feature."""
-    base = original.select_columns([text_column, label_column]).rename_columns(
-        {text_column: "text", label_column: "label"}
+    """The training data with the generated rows appended, in the original's columns and features, plus `source`
+    ('original' or 'generated'): the one way generated data joins a training set.
+
+    Generated `text`/`label` take the original's column names; when the original is tokenized (`input_ids`), the
+    generated text is tokenized with `tokenizer`; when it carries teacher logits (`logits_column`), the generated
+    rows keep the logits the teacher gave them when relabelling, so the teacher never runs on them twice.
+    """
+    generated = generated.rename_columns(
+        {
+            k: v
+            for k, v in (("text", text_column), ("label", label_column), ("teacher_logits", logits_column))
+            if k != v
+        }
     )
-    base = base.add_column("source", ["original"] * len(base))
-    base = base.add_column("prompt_label", list(base["label"]))
-    base = base.cast_column("prompt_label", base.features["label"])
-    columns = ["text", "label", "prompt_label", "source"]
-    return concatenate_datasets(
-        [base.select_columns(columns), augmented.select_columns(columns).cast(base.select_columns(columns).features)]
+    if "input_ids" in original.column_names:
+        if tokenizer is None:
+            raise AugmentationError("The training data is tokenized: pass the tokenizer to tokenize generated text.")
+        generated = generated.map(
+            lambda b: tokenizer(b[text_column], truncation=True, max_length=max_length), batched=True
+        )
+    if "source" not in original.column_names:
+        original = original.add_column("source", ["original"] * len(original))
+    missing = [c for c in original.column_names if c not in generated.column_names]
+    if missing:
+        raise AugmentationError(
+            f"Generated rows cannot fill the training data's columns {missing}: keep only text, label, token and "
+            "teacher-logit columns in the training data."
+        )
+    generated = generated.select_columns(original.column_names).cast(original.features)
+    return concatenate_datasets([original, generated])
+
+
+def augment_training_data(
+    train_dataset: Dataset,
+    args: AugmentationArguments,
+    *,
+    teacher: PreTrainedModel,
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    exclude_texts: Iterable[str] = (),
+    text_column: str = "text",
+    label_column: str = "label",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    logits_column: str = "teacher_logits",
+) -> tuple[Dataset, dict[str, Any]]:
+    """Generate with `args`, relabel with the teacher, and return the training data with the generated rows appended
+    (`merge_with_original`) and the augmentation statistics."""
+    augmenter = TextGenerationAugmenter(args.generator_name_or_path, args=args)
+    generated = augmenter.augment(train_dataset, teacher, teacher_tokenizer, exclude_texts, text_column, label_column)
+    merged = merge_with_original(
+        train_dataset,
+        generated,
+        text_column,
+        label_column,
+        tokenizer=tokenizer,
+        max_length=args.max_length,
+        logits_column=logits_column,
     )
+    return merged, augmenter.stats
+
+
+def read_stats(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The statistics an augmentation run with this `output_dir` wrote, or None when there are none."""
+    path = Path(output_dir) / STATS_FILE
+    return json.loads(path.read_text())["stats"] if path.exists() else None
 
 
 __all__ = [
     "AugmentationArguments",
     "AugmentationError",
     "TextGenerationAugmenter",
+    "augment_training_data",
     "load_generator",
     "merge_with_original",
     "normalize_text",
+    "read_stats",
 ]

@@ -6,11 +6,11 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-from datasets import concatenate_datasets
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
@@ -22,8 +22,8 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from .arguments import DistillationTrainingArguments, parse_layer_map
-from .augmentation import AugmentationArguments, TextGenerationAugmenter
+from .arguments import DistillationTrainingArguments
+from .augmentation import AUGMENTATION_DIR, AugmentationArguments, augment_training_data
 from .data import DataValidationError, validate_label_column
 from .losses import distillation_loss, hidden_state_mse_loss
 from .teacher import compute_teacher_logits
@@ -125,8 +125,10 @@ class DistillationTrainer(Trainer):
         teacher_model: a sequence-classification model or a path/Hub id to load one from.
         teacher_tokenizer: the teacher's tokenizer when it differs from the student's; the teacher then reads the raw
             `args.teacher_text_column` of the training data. Loaded from `teacher_model` when that is a path.
-        augmentation_args: run label-conditioned generation (`TextGenerationAugmenter`) at the start of `train()`:
-            generated sentences are relabelled by the teacher and added to the training data before distillation.
+        augmentation_args: run label-conditioned generation (`augmentation.augment_training_data`) at the start of
+            `train()`: generated sentences are relabelled by the teacher and added to the training data before
+            distillation. Its `output_dir` defaults to `<output_dir>/augmentation` (where `ModelCardCallback` finds
+            the statistics), so an interrupted run resumes from the finished shards.
         augmentation_exclude_texts: texts generation must never reproduce (say, the test split); the evaluation
             data's texts are always excluded.
     """
@@ -208,7 +210,6 @@ class DistillationTrainer(Trainer):
         self.augmentation_stats: dict[str, Any] | None = None
         if augmentation_args is not None:
             self._check_augmentation()
-        self._wire_model_card_callbacks(teacher_tokenizer)
         if not self.distilling:
             return
 
@@ -270,14 +271,14 @@ class DistillationTrainer(Trainer):
         # The teacher only ever runs forward: eval mode (no dropout), no gradients, never wrapped in DDP.
         teacher.eval()
         teacher.requires_grad_(False)
-        teacher.to(self.args.device)
+        self.teacher_model = teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         if dargs.hidden_distillation_weight > 0:
             self._setup_hidden_projection()
 
     def _setup_hidden_projection(self) -> None:
         teacher_config, student_config = self.teacher_model.config, self.model.config
         n_teacher, n_student = teacher_config.num_hidden_layers, student_config.num_hidden_layers
-        layer_map = parse_layer_map(self.distillation_args.hidden_layer_map)
+        layer_map = self.distillation_args.hidden_layer_map
         origin = getattr(student_config, "trainer_ext_teacher_layers", None)
         if layer_map is None and isinstance(origin, list) and len(origin) == n_student:
             # A student built from this teacher (build_student) matches each layer to the one it started from.
@@ -294,18 +295,11 @@ class DistillationTrainer(Trainer):
         if student_config.hidden_size != teacher_config.hidden_size:
             # One learned projection shared by all mapped layers (as in TinyBERT). It is trained with the student but
             # is not part of it, so `save_model` never writes it into the student's weights.
-            self.hidden_projection = nn.Linear(student_config.hidden_size, teacher_config.hidden_size).to(
-                self.args.device
-            )
+            self.hidden_projection = nn.Linear(student_config.hidden_size, teacher_config.hidden_size)
             self._init_hidden_projection()
-            if self.args.world_size > 1:
-                # Outside the DDP-wrapped model, so do what DDP does for the student ourselves: start every process
-                # from rank 0's copy (a least-squares solve is not bit-identical across processes) and average the
-                # gradients.
-                for param in self.hidden_projection.parameters():
-                    if torch.distributed.is_available() and torch.distributed.is_initialized():
-                        torch.distributed.broadcast(param.data, src=0)
-                    param.register_hook(_all_reduce_mean)
+            # Prepared like the student: under DDP it starts from rank 0's copy (a least-squares solve is not
+            # bit-identical across processes) and its gradients are averaged across processes.
+            self.hidden_projection = self.accelerator.prepare_model(self.hidden_projection)
 
     @torch.no_grad()
     def _init_hidden_projection(self) -> None:
@@ -342,40 +336,39 @@ class DistillationTrainer(Trainer):
                 f"the {text_column!r} and label columns when tokenizing."
             )
 
+    def train(self, *args: Any, **kwargs: Any):
+        # Augmentation is long work that must finish before the train dataloader is built: it runs here, once (not
+        # in __init__, so building a trainer stays cheap, and not in a dataloader getter).
+        if self.augmentation_args is not None and self.augmentation_stats is None:
+            self._augment_training_data()
+        return super().train(*args, **kwargs)
+
     def _augment_training_data(self) -> None:
-        """Generate, relabel and append new examples (teacher logits included) to the training data."""
-        aug = self.augmentation_args
+        """Append generated, teacher-relabelled examples (their teacher logits included) to the training data."""
+        self.prepare_teacher_logits()  # the original rows' logits first; generated rows bring their own
         text_column = self.distillation_args.teacher_text_column
-        label_column = _label_column(self.train_dataset)
         exclude = list(self.augmentation_exclude_texts)
         eval_sets = self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]
         for split in eval_sets:
             if split is not None and text_column in (getattr(split, "column_names", None) or []):
                 exclude.extend(split[text_column])
-        augmenter = TextGenerationAugmenter(aug.generator_name_or_path, args=aug)
-        teacher_tokenizer = self.teacher_tokenizer or self.processing_class
-        generated = augmenter.augment(
+        args = self.augmentation_args
+        if args.output_dir is None:  # resumable by default, like the teacher-logit cache
+            args = replace(args, output_dir=os.path.join(self.args.output_dir, AUGMENTATION_DIR))
+        original = len(self.train_dataset)
+        self.train_dataset, self.augmentation_stats = augment_training_data(
             self.train_dataset,
+            args,
             teacher=self.teacher_model,
-            teacher_tokenizer=teacher_tokenizer,
+            teacher_tokenizer=self.teacher_tokenizer or self.processing_class,
             exclude_texts=exclude,
             text_column=text_column,
-            label_column=label_column,
+            label_column=_label_column(self.train_dataset),
+            tokenizer=self.processing_class,
+            logits_column=self.logits_column,
         )
-        self.augmentation_stats = augmenter.stats
-        del augmenter  # free the generator before training
-        generated = generated.map(
-            lambda b: self.processing_class(b["text"], truncation=True, max_length=aug.max_length), batched=True
-        )
-        generated = generated.rename_columns(
-            {k: v for k, v in {"text": text_column, "label": label_column}.items() if k != v}
-        )
-        common = [c for c in self.train_dataset.column_names if c in generated.column_names]
-        original = self.train_dataset.select_columns(common)
-        generated = generated.select_columns(common).cast(original.features)
-        self.train_dataset = concatenate_datasets([original, generated])
         logger.warning(
-            f"Training on {len(original)} original + {len(generated)} generated examples "
+            f"Training on {original} original + {len(self.train_dataset) - original} generated examples "
             f"(teacher agreement with the prompt label: {self.augmentation_stats.get('teacher_agreement')})."
         )
 
@@ -384,8 +377,6 @@ class DistillationTrainer(Trainer):
         # The logits become a dataset column, so they must exist before the dataloader is built; computing them here
         # (and not per batch) is what makes the teacher run once per example instead of once per epoch.
         self.prepare_teacher_logits()
-        if self.augmentation_args is not None and self.augmentation_stats is None:
-            self._augment_training_data()
         return super().get_train_dataloader()
 
     def prepare_teacher_logits(self) -> None:
@@ -522,17 +513,6 @@ class DistillationTrainer(Trainer):
             self._projection_in_optimizer = True
         return optimizer
 
-    def _wire_model_card_callbacks(self, teacher_tokenizer: PreTrainedTokenizerBase | None) -> None:
-        """Give ModelCardCallbacks this trainer's teacher and augmentation statistics, unless they have their own."""
-        from .callbacks import ModelCardCallback
-
-        for callback in self.callback_handler.callbacks:
-            if isinstance(callback, ModelCardCallback):
-                if callback.teacher_model is None:
-                    callback.teacher_model = self.teacher_model
-                    callback.teacher_tokenizer = callback.teacher_tokenizer or teacher_tokenizer
-                callback.augmentation_stats_getter = lambda: self.augmentation_stats
-
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """Keep a card written by `write_model_card` (measured numbers); otherwise Trainer's own.
 
@@ -548,19 +528,13 @@ class DistillationTrainer(Trainer):
         super()._save_optimizer_and_scheduler(output_dir)
         # The projection lives in the checkpoint (for resume), never in the saved student.
         if self.hidden_projection is not None and self.args.should_save:
-            torch.save(self.hidden_projection.state_dict(), os.path.join(output_dir, PROJECTION_FILE))
+            projection = self.accelerator.unwrap_model(self.hidden_projection)
+            torch.save(projection.state_dict(), os.path.join(output_dir, PROJECTION_FILE))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None and self.hidden_projection is not None:
             path = os.path.join(checkpoint, PROJECTION_FILE)
             if os.path.exists(path):
-                self.hidden_projection.load_state_dict(torch.load(path, map_location=self.args.device))
-
-
-def _all_reduce_mean(grad: torch.Tensor) -> torch.Tensor:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        grad = grad.clone()
-        torch.distributed.all_reduce(grad)
-        grad /= torch.distributed.get_world_size()
-    return grad
+                projection = self.accelerator.unwrap_model(self.hidden_projection)
+                projection.load_state_dict(torch.load(path, map_location=self.args.device))
