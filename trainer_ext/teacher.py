@@ -42,9 +42,25 @@ def dataset_fingerprint(dataset: Any) -> str | None:
     return f"{fingerprint}-{len(dataset)}" if fingerprint else None
 
 
-def forward_input_names(model: torch.nn.Module) -> set[str]:
-    """Names the model's forward accepts, so extra dataset columns are never passed to it."""
-    return set(inspect.signature(model.forward).parameters)
+# Inputs of a BERT-style text classifier, assumed when a forward's signature names none of its inputs.
+_USUAL_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def forward_input_names(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase | None = None) -> set[str]:
+    """Names the model's forward accepts, so extra dataset columns are never passed to it.
+
+    A `torch.compile`d model is read through the module it compiled. A forward that names no inputs (a wrapper whose
+    forward is `(*args, **kwargs)`) falls back to what `tokenizer` produces (its `model_input_names`), or without a
+    tokenizer to the model's `main_input_name` and the usual BERT inputs.
+    """
+    forward = getattr(model, "_orig_mod", model).forward
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    names = {p.name for p in inspect.signature(forward).parameters.values() if p.kind not in variadic}
+    if names:
+        return names
+    if tokenizer is not None:
+        return set(tokenizer.model_input_names)
+    return {getattr(model, "main_input_name", None) or "input_ids", *_USUAL_TEXT_INPUTS}
 
 
 class TeacherLogitsCache:
@@ -227,7 +243,7 @@ def compute_teacher_logits(
         device=device,
         collate=collate_fn,
         lengths=lengths,
-        input_names=forward_input_names(teacher),
+        input_names=forward_input_names(teacher, teacher_tokenizer),
         show_progress=rank == 0,
     )
     if world > 1:
