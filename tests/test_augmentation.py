@@ -93,9 +93,9 @@ def test_text_filters():
 
 def test_balanced_and_proportional_targets(gen_tokenizer):
     augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(num_samples=10))
-    assert augmenter._per_label_targets([0, 1, 2], 3) == [4, 3, 3]
+    assert augmenter._per_label_targets([0, 1, 2], 3, 10) == [4, 3, 3]
     augmenter.args.label_distribution = "proportional"
-    assert augmenter._per_label_targets([0] * 6 + [1] * 3 + [2], 3) == [6, 3, 1]
+    assert augmenter._per_label_targets([0] * 6 + [1] * 3 + [2], 3, 10) == [6, 3, 1]
 
 
 def test_augment_three_labels_with_teacher(tmp_path, corpus, gen_tokenizer):
@@ -126,7 +126,13 @@ def test_augment_three_labels_with_teacher(tmp_path, corpus, gen_tokenizer):
     assert not set(keys) & {normalize_text(t) for t in corpus["text"]}
     stats = json.loads((tmp_path / STATS_FILE).read_text())["stats"]
     assert stats["kept"] == 30 and stats["generated"] >= 30
-    assert 0.0 <= stats["teacher_agreement"] <= 1.0
+    # No teacher filters are set, so every relabelled row is kept and the agreement is over exactly these rows.
+    prompt = np.asarray(list(out["prompt_label"]))
+    agree = np.asarray(list(out["label"])) == prompt
+    assert stats["dropped_by_teacher_filters"] == 0
+    assert stats["teacher_agreement"] == pytest.approx(agree.mean(), abs=1e-12)
+    expected_per_label = {name: agree[prompt == i].mean() for i, name in enumerate(LABELS)}
+    assert stats["per_label_agreement"] == pytest.approx(expected_per_label, abs=1e-12)
     assert sum(stats["final_per_label"].values()) == 30
     assert (tmp_path / "generator" / "config.json").exists()
 
@@ -148,9 +154,8 @@ def test_leaked_and_duplicate_samples_are_dropped(corpus, gen_tokenizer):
     )
     augmenter.generate_batch = lambda prompts, seed: [next(scripted) for _ in prompts]
     augmenter.args.generation_batch_size = 2
-    kept, stats = augmenter._generate_all(
-        LABELS[:2], [2, 2], {normalize_text("a test sentence"), normalize_text(list(corpus["text"])[0])}
-    )
+    excluded = {normalize_text("a test sentence"), normalize_text(list(corpus["text"])[0])}
+    kept, stats = augmenter._generate_all(LABELS[:2], [2, 2], excluded, LABELS[:2], shard_dir=None, seed=7)
     texts = [t for t, _ in kept]
     assert "A test sentence!" not in texts and list(corpus["text"])[0] not in texts
     assert "Fresh line ONE." not in texts
@@ -179,7 +184,7 @@ def test_same_seed_same_output_and_resume(tmp_path, corpus, gen_tokenizer):
     interrupted.generate_batch = failing
     with pytest.raises(KeyboardInterrupt):
         interrupted.augment(corpus)
-    assert (tmp_path / "d" / "shards" / "shard-00000.parquet").exists()
+    assert (tmp_path / "d" / "shards" / "process_0" / "shard-00000.parquet").exists()
     resumed_augmenter = TextGenerationAugmenter(model, gen_tokenizer, make_args(tmp_path / "d"))
     generated = {"n": 0}
     inner = resumed_augmenter.generate_batch
