@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -23,6 +24,17 @@ LABEL_NAMES = ["neg", "pos"]
 
 # Tiny models run fastest on one thread, and two test processes on a 2-core machine must not fight over OpenMP.
 torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    """A TCP port free right now (the OS picks it), for `torchrun --master_port`, so concurrent runs never collide.
+
+    The port is released before it is returned, so another process could still take it before torchrun binds it;
+    that window is short, unlike a fixed port that every concurrent run shares.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 def make_sentences(n: int, seed: int = 0, num_labels: int = 2) -> tuple[list[str], list[int]]:

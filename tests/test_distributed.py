@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_bert, make_dataset, make_sentences, train_wordpiece_tokenizer
+from conftest import free_port, make_bert, make_dataset, make_sentences, train_wordpiece_tokenizer
 from transformers import DataCollatorWithPadding
 
 from trainer_ext.teacher import compute_teacher_logits
@@ -18,7 +18,7 @@ def test_torchrun_two_processes_share_the_teacher_work(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29517", SCRIPT, str(tmp_path)],
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), SCRIPT, str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,
