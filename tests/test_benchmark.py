@@ -1,42 +1,80 @@
-import os
+import platform
+import time
 
+import numpy as np
 import pytest
+import torch
 from conftest import make_bert, make_dataset
 
-from trainer_ext.benchmark import fixed_length_inputs, measure_pytorch_latency, profile_onnx, profile_pytorch
+from trainer_ext.benchmark import ClassifierRunner, cpu_name, interleaved_latency, measure_variants
 
 
-def test_pytorch_latency_and_profiles(tmp_path, tokenizer):
-    model = make_bert(tokenizer)
-    texts = list(make_dataset(tokenizer, n=40)["text"])
-    latency = measure_pytorch_latency(model, fixed_length_inputs(tokenizer, texts, 64), runs=5, warmup=1)
-    assert latency.sequence_length == 64 and latency.batch_size == 1 and latency.median_ms > 0
-    assert latency.p90_ms >= latency.median_ms * 0.5 and latency.runs == 5
-    profile = profile_pytorch(model, tokenizer, texts, runs=5, warmup=1, throughput_batch=8)
-    for key in ("latency_fixed", "latency_real", "latency_end_to_end"):
-        assert profile[key]["median_ms"] > 0
-    assert profile["throughput_per_s"] > 0 and profile["size_mb"] > 0 and profile["num_threads"] >= 1
+def test_interleaved_latency_times_each_runner_in_alternation():
+    calls = []
+
+    def sleeper(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+
+        return run
+
+    runners = {"slow": sleeper("slow", 0.008), "fast": sleeper("fast", 0.002)}
+    result = interleaved_latency(runners, rounds=3, runs_per_round=4, warmup=2, warmup_s=0.0)
+    assert result["slow"]["runs"] == result["fast"]["runs"] == 3 * 4
+    # sleep() overshoots by a roughly constant amount, so the medians' difference (not their ratio) is the sleeps'.
+    assert result["slow"]["median_ms"] - result["fast"]["median_ms"] == pytest.approx(6.0, abs=1.5)
+    assert result["fast"]["median_ms"] >= 2.0 and result["slow"]["p90_ms"] >= result["slow"]["median_ms"]
+    # Alternation: each round is 2 warm-up + 4 timed calls of one runner, then of the next.
+    assert calls == (["slow"] * 6 + ["fast"] * 6) * 3
 
 
-def test_onnx_profile(tmp_path, tokenizer):
+def test_cpu_name_reads_the_model_name_and_falls_back_to_platform(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7763 64-Core Processor\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 7763 64-Core Processor\n"
+    )
+    assert cpu_name(info) == "AMD EPYC 7763 64-Core Processor"
+    fallback = platform.processor() or platform.machine()
+    assert cpu_name(tmp_path / "missing") == fallback
+    info.write_text("processor\t: 0\nHardware\t: BCM2835\n")  # no model name line (some ARM kernels)
+    assert cpu_name(info) == fallback
+
+
+def test_pytorch_and_onnx_runners_agree_and_measure_variants_accuracy_is_the_argmax(tmp_path, tokenizer):
     from trainer_ext.quantization import export_onnx
 
-    model = make_bert(tokenizer)
+    model = make_bert(tokenizer, seed=5)
     model.save_pretrained(tmp_path / "m")
     path = export_onnx(tmp_path / "m", tmp_path / "onnx")
-    texts = list(make_dataset(tokenizer, n=20)["text"])
-    profile = profile_onnx(str(path), tokenizer, texts, runs=5, warmup=1, throughput_batch=8)
-    assert profile["latency_fixed"]["median_ms"] > 0
-    assert profile["size_mb"] == pytest.approx(path.stat().st_size / 1e6)
+    data = make_dataset(tokenizer, n=40)
+    texts, labels = list(data["text"]), np.asarray(list(data["label"]))
+    pytorch, onnx = ClassifierRunner(model, tokenizer), ClassifierRunner(path, tokenizer, parameters=123)
+    pt_logits = pytorch.logits(texts, batch_size=16, max_length=32)
+    assert pt_logits.shape == (40, 2)
+    np.testing.assert_allclose(onnx.logits(texts, batch_size=16, max_length=32), pt_logits, atol=1e-4)
+    # Inputs the model does not take are dropped, and either tensor type is accepted.
+    batch = {**tokenizer(texts[:3], padding=True, return_tensors="np"), "unused": np.zeros((3, 1))}
+    np.testing.assert_allclose(pytorch(batch), onnx(batch), atol=1e-4)
+    np.testing.assert_allclose(
+        pytorch.fixed_length_call(texts[0], 64)(),
+        onnx(pytorch.encode(texts[:1], max_length=64, padding="max_length")),
+        atol=1e-4,
+    )
 
-
-def test_cpu_name_is_the_model_name_where_linux_gives_one():
-    from trainer_ext.benchmark import cpu_name
-
-    name = cpu_name()
-    assert isinstance(name, str) and name
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            models = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
-        if models:
-            assert name == models[0]
+    # An independent evaluation: the model's own forward, one sentence at a time, unpadded.
+    with torch.no_grad():
+        predictions = [model(**tokenizer(t, return_tensors="pt")).logits.argmax(-1).item() for t in texts]
+    expected = float(np.mean(np.asarray(predictions) == labels))
+    assert 0.0 < expected < 1.0  # an untrained model: right on some sentences, wrong on others
+    results = measure_variants({"pt": pytorch, "onnx": onnx}, data, runs=5, batch_size=16)
+    assert results["pt"]["accuracy"] == pytest.approx(expected) and results["onnx"]["accuracy"] == pytest.approx(
+        expected
+    )
+    assert results["pt"]["runtime"] == "PyTorch FP32" and results["onnx"]["runtime"] == "ONNX Runtime FP32"
+    assert results["pt"]["parameters"] == sum(p.numel() for p in model.parameters())
+    assert results["onnx"]["parameters"] == 123 and results["onnx"]["size_mb"] == path.stat().st_size / 1e6
+    assert results["pt"]["eval_examples"] == 40 and results["pt"]["latency_ms"] > 0
+    without_data = measure_variants({"onnx": onnx}, runs=2)["onnx"]
+    assert without_data["accuracy"] is None and without_data["eval_examples"] == 0

@@ -1,12 +1,14 @@
-"""Latency, throughput and size measurements for text classifiers in PyTorch and ONNX Runtime."""
+"""Accuracy, latency and size of text classifiers, in PyTorch or ONNX Runtime, measured one way for every variant."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,166 +16,6 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .students import count_parameters
-
-
-@dataclass
-class LatencyResult:
-    """Batch-1 latency in milliseconds over `runs` timed calls after `warmup` untimed ones."""
-
-    median_ms: float
-    p90_ms: float
-    mean_ms: float
-    runs: int
-    batch_size: int
-    sequence_length: int
-    num_threads: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def fixed_length_inputs(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], sequence_length: int = 64, batch_size: int = 1
-) -> dict[str, torch.Tensor]:
-    """Real sentences padded or truncated to exactly `sequence_length` tokens (the reference's setting)."""
-    return dict(
-        tokenizer(
-            texts[:batch_size],
-            padding="max_length",
-            truncation=True,
-            max_length=sequence_length,
-            return_tensors="pt",
-        )
-    )
-
-
-@torch.inference_mode()
-def measure_pytorch_latency(
-    model: PreTrainedModel,
-    inputs: dict[str, torch.Tensor],
-    *,
-    runs: int = 100,
-    warmup: int = 10,
-) -> LatencyResult:
-    """Time `model(**inputs)` alone: tokenization is excluded, as in the reference study."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    for _ in range(warmup):
-        model(**inputs)
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        model(**inputs)
-        timings.append((time.perf_counter() - start) * 1000.0)
-    model.train(was_training)
-    input_ids = inputs["input_ids"]
-    return LatencyResult(
-        median_ms=statistics.median(timings),
-        p90_ms=float(np.percentile(timings, 90)),
-        mean_ms=statistics.fmean(timings),
-        runs=runs,
-        batch_size=int(input_ids.shape[0]),
-        sequence_length=int(input_ids.shape[1]),
-        num_threads=torch.get_num_threads(),
-    )
-
-
-def model_size_mb(model: torch.nn.Module) -> float:
-    """In-memory size of parameters and buffers, in MB (1e6 bytes)."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors) / 1e6
-
-
-def describe_model(model: PreTrainedModel) -> dict[str, Any]:
-    return {"parameters": count_parameters(model), "size_mb": round(model_size_mb(model), 2)}
-
-
-# ------------------------------------------------------------------------------------------------- full profiles
-def _timed(fn, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    timings = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        timings.append((time.perf_counter() - start) * 1000.0)
-    return timings
-
-
-def _summary(timings: list[float]) -> dict[str, float]:
-    return {"median_ms": statistics.median(timings), "p90_ms": float(np.percentile(timings, 90))}
-
-
-def profile_model(
-    run: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    *,
-    tensor_type: str,
-    sequence_length: int = 64,
-    runs: int = 100,
-    warmup: int = 10,
-    throughput_batch: int = 32,
-    size_bytes: int | None = None,
-) -> dict[str, Any]:
-    """Latency and throughput of `run(**encoded_inputs)` (a PyTorch model or an ONNX Runtime session wrapper).
-
-    - `latency_fixed`: batch 1 padded to `sequence_length` (the reference's setting), tokenization excluded;
-    - `latency_real`: batch 1 at each sentence's own length (cycling through `texts`), tokenization excluded;
-    - `latency_end_to_end`: tokenization included, real lengths;
-    - `throughput`: sentences per second at batch `throughput_batch`, padded to the longest in the batch.
-    """
-
-    def encode(batch: list[str], fixed: bool) -> dict[str, Any]:
-        enc = tokenizer(
-            batch,
-            padding="max_length" if fixed else True,
-            truncation=True,
-            max_length=sequence_length,
-            return_tensors=tensor_type,
-        )
-        return {k: (v.astype(np.int64) if tensor_type == "np" else v) for k, v in enc.items()}
-
-    fixed = encode(texts[:1], fixed=True)
-    real = [encode([t], fixed=False) for t in texts[:runs]]
-    cursor = {"i": 0}
-
-    def next_real():
-        cursor["i"] = (cursor["i"] + 1) % len(real)
-        return real[cursor["i"]]
-
-    def end_to_end():
-        cursor["i"] = (cursor["i"] + 1) % len(texts)
-        run(**encode([texts[cursor["i"]]], fixed=False))
-
-    batches = [encode(texts[i : i + throughput_batch], fixed=False) for i in range(0, len(texts), throughput_batch)]
-    batches = [b for b in batches if len(next(iter(b.values()))) == throughput_batch][:4] or batches[:1]
-    start = time.perf_counter()
-    for batch in batches:
-        run(**batch)
-    seconds = time.perf_counter() - start
-    return {
-        "latency_fixed": _summary(_timed(lambda: run(**fixed), runs, warmup)),
-        "latency_real": _summary(_timed(lambda: run(**next_real()), runs, warmup)),
-        "latency_end_to_end": _summary(_timed(end_to_end, runs, warmup)),
-        "throughput_per_s": sum(len(next(iter(b.values()))) for b in batches) / seconds,
-        "sequence_length": sequence_length,
-        "num_threads": torch.get_num_threads(),
-        "size_mb": None if size_bytes is None else size_bytes / 1e6,
-    }
-
-
-def profile_pytorch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str], **kwargs) -> dict:
-    model.eval()
-
-    @torch.inference_mode()
-    def run(**inputs):
-        return model(**inputs)
-
-    size = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
-    return profile_model(run, tokenizer, texts, tensor_type="pt", size_bytes=size, **kwargs)
 
 
 def onnx_session(path: str | os.PathLike, num_threads: int | None = None) -> Any:
@@ -191,128 +33,86 @@ def onnx_session(path: str | os.PathLike, num_threads: int | None = None) -> Any
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def profile_onnx(path: str, tokenizer: PreTrainedTokenizerBase, texts: list[str], **kwargs) -> dict:
-    session = onnx_session(path)
-    names = {i.name for i in session.get_inputs()}
+class ClassifierRunner:
+    """One text classifier to measure: a PyTorch model or an ONNX file run by an ONNX Runtime session (`onnx_session`).
 
-    def run(**inputs):
-        return session.run(None, {k: v for k, v in inputs.items() if k in names})
-
-    result = profile_model(run, tokenizer, texts, tensor_type="np", size_bytes=os.path.getsize(path), **kwargs)
-    result["intra_op_threads"] = session.get_session_options().intra_op_num_threads
-    return result
-
-
-# ------------------------------------------------------------------------------------------- one variant, measured
-def classifier_logits(
-    run: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    *,
-    tensor_type: str,
-    batch_size: int,
-    max_length: int,
-) -> np.ndarray:
-    """Logits of `run(**encoded)` over `texts`, in order, batch by batch (padded to the longest in each batch)."""
-    outputs = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors=tensor_type
-        )
-        enc = {k: (v.astype(np.int64) if tensor_type == "np" else v) for k, v in enc.items()}
-        outputs.append(np.asarray(run(**enc)))
-    return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
-
-
-def measure_classifier(
-    model: PreTrainedModel | str | os.PathLike,
-    tokenizer: PreTrainedTokenizerBase,
-    eval_dataset: Any = None,
-    *,
-    text_column: str = "text",
-    label_column: str = "label",
-    sequence_length: int = 64,
-    max_length: int = 128,
-    runs: int = 100,
-    batch_size: int = 32,
-    parameters: int | None = None,
-) -> dict[str, Any]:
-    """Accuracy on `eval_dataset` (when given), batch-1 latency at `sequence_length`, size and parameters.
-
-    `model` is a PyTorch model or the path of an `.onnx` file (run with `onnx_session`). Every variant of a run is
-    measured by this one function, on the same sentences and settings, so their rows compare.
+    Calls take tokenizer outputs, keep the inputs the model or session accepts, and return the logits as a NumPy array.
     """
-    texts = [str(t) for t in eval_dataset[text_column]] if eval_dataset is not None else ["a short example sentence"]
-    fixed = tokenizer(texts[:1], padding="max_length", truncation=True, max_length=sequence_length)
-    if isinstance(model, (str, os.PathLike)):
-        session = onnx_session(model)
-        names = {i.name for i in session.get_inputs()}
 
-        def run(**inputs):
-            return session.run(["logits"], {k: v for k, v in inputs.items() if k in names})[0]
+    def __init__(
+        self,
+        model: PreTrainedModel | str | os.PathLike,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        parameters: int | None = None,
+        num_threads: int | None = None,
+    ) -> None:
+        self.tokenizer, self.parameters = tokenizer, parameters
+        if isinstance(model, (str, os.PathLike)):
+            self.path, self.model = Path(model), None
+            self.session = onnx_session(model, num_threads)
+            self.input_names = {i.name for i in self.session.get_inputs()}
+            self.size_mb = os.path.getsize(model) / 1e6
+            self.runtime = "ONNX Runtime " + ("INT8" if "quantized" in self.path.name else "FP32")
+        else:
+            self.path, self.model, self.session = None, model.eval(), None
+            self.input_names = set(inspect.signature(model.forward).parameters)
+            self.device = next(model.parameters()).device
+            # In-memory size of parameters and buffers, in MB (1e6 bytes).
+            self.size_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 1e6
+            self.runtime, self.parameters = "PyTorch FP32", count_parameters(model)
 
-        tensor_type, size_mb = "np", os.path.getsize(model) / 1e6
-        feed = {k: np.asarray(v, dtype=np.int64) for k, v in fixed.items()}
-        runtime = "ONNX Runtime " + ("INT8" if "quantized" in os.path.basename(str(model)) else "FP32")
-    else:
-        model.eval()
+    def _feed(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if self.session is not None:
+            return {k: np.asarray(v, dtype=np.int64) for k, v in inputs.items() if k in self.input_names}
+        return {k: torch.as_tensor(v).to(self.device) for k, v in inputs.items() if k in self.input_names}
 
-        @torch.inference_mode()
-        def run(**inputs):
-            device = next(model.parameters()).device
-            return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu().numpy()
-
-        tensor_type, size_mb = "pt", model_size_mb(model)
-        feed = {k: torch.tensor(v) for k, v in fixed.items()}
-        runtime, parameters = "PyTorch FP32", count_parameters(model)
-    timings = _timed(lambda: run(**feed), runs, warmup=10)
-    result: dict[str, Any] = {
-        "accuracy": None,
-        "latency_ms": statistics.median(timings),
-        "latency_p90_ms": float(np.percentile(timings, 90)),
-        "size_mb": size_mb,
-        "parameters": parameters,
-        "runtime": runtime,
-        "eval_examples": 0,
-    }
-    if eval_dataset is not None:
-        logits = classifier_logits(
-            run, tokenizer, texts, tensor_type=tensor_type, batch_size=batch_size, max_length=max_length
-        )
-        labels = np.asarray(list(eval_dataset[label_column]))
-        result["accuracy"] = float((logits.argmax(-1) == labels).mean())
-        result["eval_examples"] = len(labels)
-    return result
-
-
-def fixed_length_runner(
-    model: PreTrainedModel | str | os.PathLike,
-    tokenizer: PreTrainedTokenizerBase,
-    text: str,
-    sequence_length: int = 64,
-) -> Any:
-    """A no-argument callable running one batch-1 forward of `text` padded to `sequence_length` (PyTorch or ONNX)."""
-    enc = tokenizer([text], padding="max_length", truncation=True, max_length=sequence_length)
-    if isinstance(model, (str, os.PathLike)):
-        session = onnx_session(model)
-        names = {i.name for i in session.get_inputs()}
-        feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names}
-        return lambda: session.run(None, feed)
-    model.eval()
-    inputs = {k: torch.tensor(v) for k, v in enc.items()}
-
-    def run() -> Any:
+    def _forward(self, feed: dict[str, Any]) -> np.ndarray:
+        if self.session is not None:
+            return self.session.run(["logits"], feed)[0]
         with torch.inference_mode():
-            return model(**inputs)
+            return self.model(**feed).logits.float().cpu().numpy()
 
-    return run
+    def __call__(self, inputs: dict[str, np.ndarray | torch.Tensor]) -> np.ndarray:
+        return self._forward(self._feed(inputs))
+
+    def encode(self, texts: list[str], *, max_length: int, padding: bool | str = True) -> dict[str, Any]:
+        """Tokenized `texts` as this runner's inputs (int64 NumPy arrays for ONNX Runtime, tensors for PyTorch)."""
+        return self._feed(
+            self.tokenizer(
+                list(texts),
+                padding=padding,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="np" if self.session is not None else "pt",
+            )
+        )
+
+    def logits(self, texts: list[str], *, batch_size: int = 32, max_length: int = 128) -> np.ndarray:
+        """Logits over `texts`, in order, batch by batch (padded to the longest in each batch)."""
+        outputs = [
+            self._forward(self.encode(texts[i : i + batch_size], max_length=max_length))
+            for i in range(0, len(texts), batch_size)
+        ]
+        return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
+
+    def fixed_length_call(self, text: str, sequence_length: int = 64) -> Callable[[], np.ndarray]:
+        """A no-argument callable running one batch-1 forward of `text` padded to `sequence_length` (the reference's
+        setting); tokenization is done once, outside the timed call."""
+        feed = self.encode([text], max_length=sequence_length, padding="max_length")
+        return lambda: self._forward(feed)
 
 
-def cpu_name() -> str:
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose argmax is the label."""
+    return float((np.asarray(logits).argmax(-1) == np.asarray(labels)).mean())
+
+
+def cpu_name(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows. Latency ratios depend on it: measured
     here, the same models gave 8.4-10.7x on an AMD EPYC and 5.0x on an Intel Xeon (INT8 student vs FP32 teacher)."""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
+        with open(cpuinfo, encoding="utf-8") as info:
             for line in info:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
@@ -322,7 +122,12 @@ def cpu_name() -> str:
 
 
 def interleaved_latency(
-    runners: dict[str, Any], *, rounds: int = 10, runs_per_round: int = 20, warmup: int = 5, warmup_s: float = 0.25
+    runners: dict[str, Callable[[], Any]],
+    *,
+    rounds: int = 10,
+    runs_per_round: int = 20,
+    warmup: int = 5,
+    warmup_s: float = 0.25,
 ) -> dict[str, dict[str, float]]:
     """Median / p90 latency (ms) of several models measured in alternation, round by round.
 
@@ -346,4 +151,66 @@ def interleaved_latency(
                 start = time.perf_counter()
                 run()
                 timings[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: {**_summary(t), "runs": len(t)} for name, t in timings.items()}
+    return {
+        name: {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90)), "runs": len(t)}
+        for name, t in timings.items()
+    }
+
+
+def fixed_length_latency(
+    runners: dict[str, ClassifierRunner], text: str, *, sequence_length: int = 64, runs: int = 100
+) -> dict[str, dict[str, float]]:
+    """`interleaved_latency` of each runner's `fixed_length_call(text, sequence_length)`: `runs` timed calls each, in
+    rounds of up to 20. Short runs (under 50 calls, as in tests) skip the time-based warm-up."""
+    per_round = min(20, runs)
+    calls = {name: runner.fixed_length_call(text, sequence_length) for name, runner in runners.items()}
+    warmup_s = 0.25 if runs >= 50 else 0.0
+    return interleaved_latency(calls, rounds=max(1, runs // per_round), runs_per_round=per_round, warmup_s=warmup_s)
+
+
+def measure_variants(
+    models: dict[str, ClassifierRunner],
+    eval_dataset: Any = None,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    sequence_length: int = 64,
+    runs: int = 100,
+    batch_size: int = 32,
+    max_length: int = 128,
+) -> dict[str, dict[str, Any]]:
+    """Accuracy on `eval_dataset` (when given), batch-1 latency at `sequence_length`, size and parameters of each model.
+
+    Every variant of a run is measured here, on the same sentences and settings, latency timed in alternation
+    (`fixed_length_latency`), so their rows compare.
+    """
+    texts = [str(t) for t in eval_dataset[text_column]] if eval_dataset is not None else ["a short example sentence"]
+    labels = np.asarray(list(eval_dataset[label_column])) if eval_dataset is not None else None
+    latency = fixed_length_latency(models, texts[0], sequence_length=sequence_length, runs=runs)
+    return {
+        name: {
+            "accuracy": None
+            if labels is None
+            else accuracy(runner.logits(texts, batch_size=batch_size, max_length=max_length), labels),
+            "latency_ms": latency[name]["median_ms"],
+            "latency_p90_ms": latency[name]["p90_ms"],
+            "size_mb": runner.size_mb,
+            "parameters": runner.parameters,
+            "runtime": runner.runtime,
+            "eval_examples": 0 if labels is None else len(labels),
+        }
+        for name, runner in models.items()
+    }
+
+
+def measure_classifier(
+    model: PreTrainedModel | str | os.PathLike,
+    tokenizer: PreTrainedTokenizerBase,
+    eval_dataset: Any = None,
+    *,
+    parameters: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """`measure_variants` of one model: a PyTorch model or the path of an `.onnx` file."""
+    runner = ClassifierRunner(model, tokenizer, parameters=parameters)
+    return measure_variants({"model": runner}, eval_dataset, **kwargs)["model"]
