@@ -7,14 +7,8 @@ import torch
 from conftest import args_for, make_bert, make_dataset
 from transformers import PretrainedConfig, PreTrainedModel, pipeline
 
-from trainer_ext.quantization import (
-    REPORT_FILE,
-    QuantizationArguments,
-    QuantizationError,
-    _eval_batches,
-    _session_logits,
-    quantize_model,
-)
+from trainer_ext.benchmark import ClassifierRunner
+from trainer_ext.quantization import REPORT_FILE, QuantizationArguments, QuantizationError, quantize_model
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +36,10 @@ def test_export_matches_pytorch_and_writes_a_loadable_folder(quantized, tokenize
     assert saved["chosen"] == report["chosen"] and len(saved["trials"]) == len(report["trials"])
     assert not [p for p in os.listdir(out) if p.startswith(".onnx-")]  # no leftover work folder
     texts = list(data["text"][:8])
-    batches = _eval_batches(tokenizer, texts, 8, 64)
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
     with torch.no_grad():
-        expected = model(**{k: torch.from_numpy(v) for k, v in batches[0].items()}).logits.numpy()
-    assert np.allclose(_session_logits(out / "onnx" / "model.onnx", batches), expected, atol=1e-4)
+        expected = model(**batch).logits.numpy()
+    assert np.allclose(ClassifierRunner(out / "onnx" / "model.onnx", tokenizer).logits(texts), expected, atol=1e-4)
 
 
 def test_every_trial_is_reported_with_measurements(quantized):
@@ -66,6 +60,8 @@ def test_int8_model_loads_in_a_pipeline_and_mostly_agrees(tmp_path, tokenizer):
     assert "dynamic" in report["chosen"]["name"]
     from optimum.onnxruntime import ORTModelForSequenceClassification
 
+    _assert_ort_config_describes(tmp_path / "onnx", report)
+    assert ORTModelForSequenceClassification.from_pretrained(tmp_path / "onnx", file_name="model_quantized.onnx")
     ort = ORTModelForSequenceClassification.from_pretrained(
         tmp_path, subfolder="onnx", file_name="model_quantized.onnx"
     )
@@ -76,6 +72,32 @@ def test_int8_model_loads_in_a_pipeline_and_mostly_agrees(tmp_path, tokenizer):
     with torch.no_grad():
         fp32 = [model.config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]
     assert np.mean([a == b for a, b in zip(int8, fp32)]) >= 0.75
+
+
+def _assert_ort_config_describes(folder, report):
+    """The folder's ort_config.json is Optimum's record of the chosen INT8 candidate, not of another one."""
+    from optimum.onnxruntime.configuration import ORTConfig
+
+    chosen = next(t for t in report["trials"] if t["name"] == report["chosen"]["name"])
+    assert ORTConfig.from_pretrained(folder).quantization.per_channel == chosen["per_channel"]
+    config = json.loads((folder / "ort_config.json").read_text())
+    assert config["quantization"]["per_channel"] == chosen["per_channel"]
+    assert config["quantization"]["is_static"] == chosen["static"]
+    assert config["quantization"]["nodes_to_exclude"] == chosen.get("exclude", [])
+    level = chosen.get("graph_level")
+    assert (config.get("optimization") or {}).get("optimization_level") == (int(level) if level else None)
+
+
+def test_fused_graph_candidate_records_an_ort_config(quantized, tmp_path):
+    """Candidates built with onnxruntime's quantize_dynamic (no ORTQuantizer) still get Optimum's ort_config.json."""
+    from trainer_ext.quantization import _build_optimized_dynamic, _ort_config_file
+
+    _, _, out, _ = quantized
+    name = "optimized_o1_dynamic_per_channel"
+    candidate = {"name": name, "static": False, "per_channel": True, "graph_level": "1", "exclude": []}
+    _build_optimized_dynamic(candidate, out / "onnx" / "model.onnx", tmp_path, QuantizationArguments())
+    (tmp_path / _ort_config_file(name)).rename(tmp_path / "ort_config.json")
+    _assert_ort_config_describes(tmp_path, {"chosen": {"name": name}, "trials": [candidate]})
 
 
 def test_nothing_passes_the_criterion_falls_back_to_fp32(tmp_path, tokenizer):
@@ -92,6 +114,7 @@ def test_nothing_passes_the_criterion_falls_back_to_fp32(tmp_path, tokenizer):
     assert report["chosen"]["name"] == "fp32"
     assert all(t.get("passed") is not True for t in report["trials"])
     assert not (tmp_path / "onnx" / "model_quantized.onnx").exists()
+    assert not (tmp_path / "onnx" / "ort_config.json").exists()
     assert (tmp_path / "onnx" / "model.onnx").exists()
 
 
@@ -101,19 +124,19 @@ def test_constructed_failing_candidate_is_rejected(tmp_path, tokenizer, monkeypa
 
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     data = make_dataset(tokenizer, n=32)
-    real = q._session_logits
+    real = q.ClassifierRunner.logits
     state = {"broken": None}
 
-    def sabotaged(path, batches):
-        logits = real(path, batches)
-        name = os.path.basename(str(path))
-        if name != "model.onnx" and state["broken"] in (None, name):
+    def sabotaged(runner, texts, **kwargs):
+        logits = real(runner, texts, **kwargs)
+        name = runner.path.name if runner.path else "pytorch"
+        if name not in ("model.onnx", "pytorch") and state["broken"] in (None, name):
             state["broken"] = name  # the first INT8 candidate evaluated, i.e. the fastest one
             wrong = 1 - np.asarray(list(data["label"]))  # batches follow the dataset's order
             return np.eye(2, dtype=np.float32)[wrong]  # every prediction wrong: accuracy 0
         return logits
 
-    monkeypatch.setattr(q, "_session_logits", sabotaged)
+    monkeypatch.setattr(q.ClassifierRunner, "logits", sabotaged)
     args = QuantizationArguments(approach="dynamic", latency_runs=3, max_absolute_drop=0.2, require_speedup=False)
     report = quantize_model(model, tokenizer, data, tmp_path, args)
     trials = {t["file"]: t for t in report["trials"]}
@@ -131,7 +154,14 @@ def test_bad_input_fails_before_export(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="approach"):
         QuantizationArguments(approach="fast")
     with pytest.raises(ValueError, match="calibration method"):
-        QuantizationArguments(calibration_methods="minmax,kl")
+        QuantizationArguments(calibration_methods=["minmax", "kl"])
+    # The old comma-separated and 'both' string forms get a message naming the new form.
+    with pytest.raises(ValueError, match="calibration_methods is now a list"):
+        QuantizationArguments(calibration_methods="minmax,entropy")
+    with pytest.raises(ValueError, match="optimization_levels is now a list"):
+        QuantizationArguments(optimization_levels="0,2")
+    with pytest.raises(ValueError, match="per_channel is now true"):
+        QuantizationArguments(per_channel="both")
 
 
 class OddConfig(PretrainedConfig):
@@ -226,21 +256,21 @@ def test_sensitive_nodes_are_excluded_when_nothing_passes(tmp_path, tokenizer, m
 
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     data = make_dataset(tokenizer, n=32)
-    real = q._session_logits
+    real = q.ClassifierRunner.logits
 
-    def sabotaged(path, batches):
-        logits = real(path, batches)
-        name = os.path.basename(str(path))
+    def sabotaged(runner, texts, **kwargs):
+        logits = real(runner, texts, **kwargs)
+        name = runner.path.name if runner.path else "model.onnx"
         if name == "model.onnx" or "probe" in name or "exclude" in name:
             return logits
         wrong = 1 - np.asarray(list(data["label"]))[: len(logits)]
         return np.eye(2, dtype=np.float32)[wrong]
 
-    monkeypatch.setattr(q, "_session_logits", sabotaged)
+    monkeypatch.setattr(q.ClassifierRunner, "logits", sabotaged)
     args = QuantizationArguments(
         approach="dynamic",
-        per_channel="false",
-        optimization_levels="0",
+        per_channel=False,
+        optimization_levels=[0],
         latency_runs=3,
         max_absolute_drop=0.2,
         require_speedup=False,
@@ -253,6 +283,7 @@ def test_sensitive_nodes_are_excluded_when_nothing_passes(tmp_path, tokenizer, m
     retry = next(t for t in report["trials"] if t["name"].endswith("_exclude2"))
     assert retry["exclude"] == sensitivity["excluded"] and retry["passed"]
     assert (tmp_path / "onnx" / "model_quantized.onnx").exists()
+    _assert_ort_config_describes(tmp_path / "onnx", report)
 
 
 def _macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -281,8 +312,8 @@ def test_compute_metrics_drives_the_search(tmp_path, tokenizer):
     )
     report = quantize_model(model, tokenizer, data, tmp_path, args, compute_metrics=compute_metrics)
     assert report["metric"] == "macro_f1" and calls and calls[0] == (48, 2)
-    fp32_logits = _session_logits(
-        tmp_path / "onnx" / "model.onnx", _eval_batches(tokenizer, list(data["text"]), 32, 64)
+    fp32_logits = ClassifierRunner(tmp_path / "onnx" / "model.onnx", tokenizer).logits(
+        list(data["text"]), max_length=64
     )
     assert report["fp32"]["metric_value"] == pytest.approx(_macro_f1(fp32_logits, np.asarray(list(data["label"]))))
     assert report["chosen"]["metric_value"] == next(
@@ -337,7 +368,7 @@ def test_histogram_calibration_works_and_time_budget_bounds_building(tmp_path, t
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     data = make_dataset(tokenizer, n=32)
     args = QuantizationArguments(
-        approach="static", per_channel="false", calibration_samples=16, latency_runs=2, max_absolute_drop=1.0
+        approach="static", per_channel=False, calibration_samples=16, latency_runs=2, max_absolute_drop=1.0
     )
     report = quantize_model(model, tokenizer, data, tmp_path / "a", args, calibration_dataset=data)
     # entropy and percentiles used to fail on the attention-mask Add ("Too many bins"); static quantizes MatMuls.

@@ -13,10 +13,11 @@ import os
 import shutil
 import tempfile
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime
@@ -24,7 +25,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .benchmark import onnx_session
+from .benchmark import ClassifierRunner, accuracy, fixed_length_latency
+from .files import atomic_path, write_json
 
 logger = logging.get_logger(__name__)
 
@@ -32,7 +34,9 @@ REPORT_FILE = "compression_report.json"
 ONNX_SUBFOLDER = "onnx"
 FP32_FILE = "model.onnx"
 INT8_FILE = "model_quantized.onnx"
-APPROACHES = ("auto", "dynamic", "static", "none")
+ORT_CONFIG_FILE = "ort_config.json"
+Approach = Literal["auto", "dynamic", "static", "none"]
+APPROACHES = typing.get_args(Approach)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentiles")
 
 
@@ -44,32 +48,34 @@ class QuantizationError(ValueError):
 class QuantizationArguments:
     """Settings of `quantize_model` and `QuantizationCallback`; each field is also a CLI flag / recipe key."""
 
-    approach: str = field(
+    approach: Approach = field(
         default="auto",
         metadata={
             "help": "'auto' tries dynamic and static configurations (accuracy-aware search), 'dynamic' or 'static' "
-            "restrict the search, 'none' only exports FP32.",
-            "choices": list(APPROACHES),
+            "restrict the search, 'none' only exports FP32."
         },
     )
-    per_channel: str = field(
-        default="both", metadata={"help": "Weight quantization granularity to try: 'true', 'false' or 'both'."}
-    )
-    calibration_methods: str = field(
-        default="minmax,entropy,percentiles",
-        metadata={"help": "Static-quantization calibration methods to try (comma-separated)."},
-    )
-    calibration_samples: int = field(default=128, metadata={"help": "Training examples used for calibration."})
-    operators_to_quantize: str | None = field(
+    per_channel: bool | None = field(
         default=None,
         metadata={
-            "help": "Comma-separated ONNX operator types to quantize. Default: Optimum's for dynamic candidates; "
+            "help": "Weight quantization granularity: true (per channel), false (per tensor); unset (null) tries both."
+        },
+    )
+    calibration_methods: list[str] = field(
+        default_factory=lambda: list(CALIBRATION_METHODS),
+        metadata={"help": "Static-quantization calibration methods to try.", "choices": CALIBRATION_METHODS},
+    )
+    calibration_samples: int = field(default=128, metadata={"help": "Training examples used for calibration."})
+    operators_to_quantize: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "ONNX operator types to quantize. Default: Optimum's for dynamic candidates; "
             "'MatMul' for static ones (the attention-mask Add carries float-min values that break histogram "
             "calibration, and quantizing Adds measured slower than leaving them in FP32)."
         },
     )
-    nodes_to_exclude: str | None = field(
-        default=None, metadata={"help": "Comma-separated ONNX node names kept in FP32 in every candidate."}
+    nodes_to_exclude: list[str] | None = field(
+        default=None, metadata={"help": "ONNX node names kept in FP32 in every candidate."}
     )
     metric: str = field(
         default="accuracy",
@@ -87,8 +93,8 @@ class QuantizationArguments:
     max_absolute_drop: float | None = field(
         default=None, metadata={"help": "Largest accepted absolute metric drop; overrides the relative one."}
     )
-    optimization_levels: str = field(
-        default="0,1,2",
+    optimization_levels: list[int] = field(
+        default_factory=lambda: [0, 1, 2],
         metadata={
             "help": "ORTOptimizer levels to measure for the FP32 ONNX model (0 = as exported); the fastest is kept. "
             "INT8 candidates are quantized from the exported graph: ONNX Runtime 1.32 cannot quantize fused graphs."
@@ -118,9 +124,17 @@ class QuantizationArguments:
     def __post_init__(self) -> None:
         if self.approach not in APPROACHES:
             raise ValueError(f"approach must be one of {APPROACHES}, got {self.approach!r}.")
-        if self.per_channel not in ("true", "false", "both"):
-            raise ValueError(f"per_channel must be 'true', 'false' or 'both', got {self.per_channel!r}.")
-        unknown = set(self._list(self.calibration_methods)) - set(CALIBRATION_METHODS)
+        if not (self.per_channel is None or isinstance(self.per_channel, bool)):
+            raise ValueError(
+                f"per_channel is now true (per channel), false (per tensor) or null (try both); got {self.per_channel!r}."
+            )
+        examples = {"calibration_methods": "[minmax, entropy]", "optimization_levels": "[0, 2]"}
+        optional = {"operators_to_quantize": "[MatMul]", "nodes_to_exclude": "[/classifier/Gemm]"}
+        for name, example in (examples | optional).items():
+            value = getattr(self, name)
+            if not isinstance(value, list) and not (value is None and name in optional):
+                raise ValueError(f"{name} is now a list, e.g. {example}; got {value!r}.")
+        unknown = set(self.calibration_methods) - set(CALIBRATION_METHODS)
         if unknown:
             raise ValueError(f"Unknown calibration method(s) {sorted(unknown)}; choose from {CALIBRATION_METHODS}.")
         if self.max_relative_drop is None and self.max_absolute_drop is None:
@@ -128,56 +142,11 @@ class QuantizationArguments:
         if self.max_trials < 1 or self.latency_runs < 1 or self.calibration_samples < 1:
             raise ValueError("max_trials, latency_runs and calibration_samples must be >= 1.")
 
-    @staticmethod
-    def _list(value: str | None) -> list[str]:
-        return [v.strip() for v in value.split(",") if v.strip()] if value else []
-
     def within_criterion(self, baseline: float, value: float) -> bool:
         drop = baseline - value
         if self.max_absolute_drop is not None:
             return drop <= self.max_absolute_drop + 1e-12
         return drop <= self.max_relative_drop * abs(baseline) + 1e-12
-
-
-# ------------------------------------------------------------------------------------------------- measurements
-def onnx_latencies(paths: dict[str, str | os.PathLike], inputs: dict[str, np.ndarray], runs: int) -> dict[str, dict]:
-    """Batch-1 latency of several ONNX files, timed in alternation (`benchmark.interleaved_latency`)."""
-    from .benchmark import interleaved_latency
-
-    sessions = {name: onnx_session(path) for name, path in paths.items()}
-    runners = {}
-    for name, session in sessions.items():
-        names = {i.name for i in session.get_inputs()}
-        feed = {k: v for k, v in inputs.items() if k in names}
-        runners[name] = lambda session=session, feed=feed: session.run(None, feed)
-    per_round = min(20, runs)
-    rounds = max(1, runs // per_round)
-    # Short test runs (a handful of timed calls) skip the time-based warm-up; real searches use 100+ runs.
-    warmup_s = 0.25 if runs >= 50 else 0.0
-    result = interleaved_latency(runners, rounds=rounds, runs_per_round=per_round, warmup_s=warmup_s)
-    return {name: {**latency, "runs": rounds * per_round} for name, latency in result.items()}
-
-
-def _session_logits(model_path: str | os.PathLike, batches: list[dict[str, np.ndarray]]) -> np.ndarray:
-    session = onnx_session(model_path)
-    names = {i.name for i in session.get_inputs()}
-    return np.concatenate([session.run(["logits"], {k: v for k, v in b.items() if k in names})[0] for b in batches])
-
-
-def _eval_batches(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int, max_length: int
-) -> list[dict[str, np.ndarray]]:
-    batches = []
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(
-            texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length, return_tensors="np"
-        )
-        batches.append({k: v.astype(np.int64) for k, v in enc.items()})
-    return batches
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(-1) == labels).mean())
 
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
@@ -227,7 +196,8 @@ def resolve_metric(args: QuantizationArguments, compute_metrics: Callable | None
 
 
 # ----------------------------------------------------------------------------------------------------- pipeline
-def _check_eval_dataset(eval_dataset: Any, text_column: str, label_column: str) -> None:
+def check_eval_dataset(eval_dataset: Any, text_column: str = "text", label_column: str = "label") -> None:
+    """Raise `QuantizationError` unless `eval_dataset` is a non-empty `datasets.Dataset` with both columns."""
     columns = getattr(eval_dataset, "column_names", None)
     if columns is None or len(eval_dataset) == 0:
         raise QuantizationError(
@@ -276,12 +246,12 @@ def quantize_model(
 ) -> dict[str, Any]:
     """Export to ONNX, try INT8 candidates fastest first, keep the fastest within the metric criterion.
 
-    Writes `<output_dir>/onnx/` (model.onnx, model_quantized.onnx when one passes, config and tokenizer) and
-    `<output_dir>/compression_report.json`; returns the report. The `onnx/` folder is built in a temporary folder
-    and moved into place only when complete, so a failure never leaves a partial one.
+    Writes `<output_dir>/onnx/` (model.onnx; model_quantized.onnx and Optimum's ort_config.json when one passes;
+    config and tokenizer) and `<output_dir>/compression_report.json`; returns the report. The `onnx/` folder is built
+    under a temporary name and moved into place only when complete, so a failure never leaves a partial one.
     """
     args = args or QuantizationArguments()
-    _check_eval_dataset(eval_dataset, text_column, label_column)
+    check_eval_dataset(eval_dataset, text_column, label_column)
     metric = resolve_metric(args, compute_metrics)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -295,26 +265,20 @@ def quantize_model(
         report = _search(
             model_or_dir, tokenizer, eval_dataset, work, args, calibration_dataset, text_column, label_column, metric
         )
-        final = output_dir / ONNX_SUBFOLDER
-        staged = work / "final"
-        staged.mkdir()
-        for name in os.listdir(work / "export"):
-            if not name.endswith(".onnx"):
-                shutil.copy2(work / "export" / name, staged / name)
-        # model.onnx is the fastest FP32 graph measured (as exported, or optimised by ORTOptimizer).
-        shutil.copy2(work / report["fp32"]["file"], staged / FP32_FILE)
-        if report["chosen"]["name"] != "fp32":
-            shutil.copy2(work / "candidates" / report["chosen"]["file"], staged / INT8_FILE)
-        tokenizer.save_pretrained(staged)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staged, final)
+        with atomic_path(output_dir / ONNX_SUBFOLDER) as staged:
+            shutil.copytree(work / "export", staged, ignore=shutil.ignore_patterns("*.onnx"))
+            # model.onnx is the fastest FP32 graph measured (as exported, or optimised by ORTOptimizer).
+            shutil.copy2(work / report["fp32"]["file"], staged / FP32_FILE)
+            chosen = report["chosen"]["name"]
+            if chosen != "fp32":
+                shutil.copy2(work / "candidates" / report["chosen"]["file"], staged / INT8_FILE)
+                # Optimum's record of how the INT8 model was made, kept next to it as ORTQuantizer leaves it.
+                shutil.copy2(work / "candidates" / _ort_config_file(chosen), staged / ORT_CONFIG_FILE)
+            tokenizer.save_pretrained(staged)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["seconds"] = time.perf_counter() - start
-    tmp = output_dir / (REPORT_FILE + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, output_dir / REPORT_FILE)
+    write_json(output_dir / REPORT_FILE, report)
     return report
 
 
@@ -342,23 +306,16 @@ def _search(
 
     texts = [str(t) for t in eval_dataset[text_column]]
     labels = np.asarray(list(eval_dataset[label_column]))
-    batches = _eval_batches(tokenizer, texts, args.eval_batch_size, args.sequence_length)
+    cand_dir = work / "candidates"
+    cand_dir.mkdir()
+    builder = _CandidateBuilder(export_dir, cand_dir, args, {}, calibration_dataset, tokenizer, text_column, texts)
     # Export check: ONNX logits against PyTorch on the same batches.
-    torch_model.eval()
-    with torch.no_grad():
-        torch_logits = np.concatenate(
-            [torch_model(**{k: torch.from_numpy(v) for k, v in b.items()}).logits.numpy() for b in batches]
-        )
-    fp32_logits = _session_logits(fp32_path, batches)
+    torch_logits, fp32_logits = builder.logits(torch_model), builder.logits(fp32_path)
     max_diff = float(np.abs(fp32_logits - torch_logits).max())
-    fixed = tokenizer(
-        texts[:1], padding="max_length", truncation=True, max_length=args.sequence_length, return_tensors="np"
-    )
-    fixed = {k: v.astype(np.int64) for k, v in fixed.items()}
     baseline = metric_fn(fp32_logits, labels)
     optimization: dict[str, Any] = {}
-    optimized_graphs: dict[str, Path] = {}
-    for level in args._list(args.optimization_levels):
+    optimized_graphs = builder.optimized_graphs
+    for level in map(str, args.optimization_levels):
         if level == "0":
             continue
         optimized = _optimize(export_dir, work / f"optimized_{level}", int(level))
@@ -367,11 +324,6 @@ def _search(
             continue
         optimized_graphs[level] = optimized
     candidates = _candidates(args, calibration_dataset is not None, sorted(optimized_graphs))
-    cand_dir = work / "candidates"
-    cand_dir.mkdir()
-    builder = _CandidateBuilder(
-        export_dir, cand_dir, args, optimized_graphs, calibration_dataset, tokenizer, text_column
-    )
     failed = []
     search_start = time.perf_counter()
     for candidate in candidates:
@@ -390,7 +342,7 @@ def _search(
     # minutes, and timing them one after another ranked them by when they were measured as much as by speed.
     graphs = {f"fp32_{level}": path for level, path in [("0", fp32_path), *optimized_graphs.items()]}
     graphs |= {c["name"]: cand_dir / c["file"] for c in candidates}
-    latencies = onnx_latencies(graphs, fixed, args.latency_runs)
+    latencies = builder.latencies(graphs)
     for candidate in candidates:
         candidate["latency"] = latencies[candidate["name"]]
     optimization |= {
@@ -436,7 +388,7 @@ def _search(
             candidate["status"] = "not evaluated (trial or time budget)"
             continue
         evaluated += 1
-        logits = _session_logits(cand_dir / candidate["file"], batches)
+        logits = builder.logits(cand_dir / candidate["file"])
         value = metric_fn(logits, labels)
         candidate["accuracy"] = accuracy(logits, labels)
         candidate["metric_value"] = value
@@ -447,9 +399,7 @@ def _search(
     if chosen is None and args.sensitivity_top_k > 0:
         rejected = [c for c in candidates if c.get("passed") is False]
         if rejected:
-            retry = _sensitivity_retry(
-                rejected[0], builder, batches, labels, baseline, fixed, fp32_latency, report, metric_fn
-            )
+            retry = _sensitivity_retry(rejected[0], builder, labels, baseline, fp32_latency, report, metric_fn)
             if retry is not None:
                 candidates.append(retry)
                 if retry.get("passed") and retry.get("faster_than_fp32", True):
@@ -499,12 +449,12 @@ def _build_candidate(
     from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
 
     quantizer = ORTQuantizer.from_pretrained(export_dir, file_name=FP32_FILE)
-    operators = args._list(args.operators_to_quantize) or (["MatMul"] if candidate["static"] else None)
+    operators = args.operators_to_quantize or (["MatMul"] if candidate["static"] else None)
     qconfig = AutoQuantizationConfig.avx2(
         is_static=candidate["static"],
         per_channel=candidate["per_channel"],
         operators_to_quantize=operators,
-        nodes_to_exclude=(args._list(args.nodes_to_exclude) + candidate.get("exclude", [])) or None,
+        nodes_to_exclude=(args.nodes_to_exclude or []) + candidate.get("exclude", []),
     )
     ranges = None
     if candidate["static"]:
@@ -522,8 +472,14 @@ def _build_candidate(
     quantizer.quantize(
         quantization_config=qconfig, save_dir=cand_dir, file_suffix=candidate["name"], calibration_tensors_range=ranges
     )
+    os.replace(cand_dir / ORT_CONFIG_FILE, cand_dir / _ort_config_file(candidate["name"]))
     onnx_file = cand_dir / f"model_{candidate['name']}.onnx"
     candidate.update(file=onnx_file.name, size_mb=onnx_file.stat().st_size / 1e6)
+
+
+def _ort_config_file(candidate_name: str) -> str:
+    """Each candidate's `ORTConfig` is kept under its own name in the candidates folder; the chosen one is copied."""
+    return f"ort_config_{candidate_name}.json"
 
 
 @dataclass
@@ -537,7 +493,21 @@ class _CandidateBuilder:
     calibration_dataset: Any
     tokenizer: PreTrainedTokenizerBase
     text_column: str
+    texts: list[str]  # the evaluation sentences
     calibration_cache: dict[str, Any] = field(default_factory=dict)
+
+    def logits(self, model: PreTrainedModel | Path, samples: int | None = None) -> np.ndarray:
+        """Logits of a PyTorch model or ONNX file over the first `samples` evaluation sentences (default: all)."""
+        runner = ClassifierRunner(model, self.tokenizer)
+        texts = self.texts[:samples]
+        return runner.logits(texts, batch_size=self.args.eval_batch_size, max_length=self.args.sequence_length)
+
+    def latencies(self, graphs: dict[str, Path]) -> dict[str, dict[str, float]]:
+        """Batch-1 latency of ONNX files on the first sentence padded to `sequence_length`, timed in alternation."""
+        runners = {name: ClassifierRunner(path, self.tokenizer) for name, path in graphs.items()}
+        return fixed_length_latency(
+            runners, self.texts[0], sequence_length=self.args.sequence_length, runs=self.args.latency_runs
+        )
 
     def source_graph(self, candidate: dict) -> Path:
         level = candidate.get("graph_level")
@@ -569,10 +539,8 @@ def _quantizable_nodes(graph: Path, operators: list[str]) -> list[str]:
 def _sensitivity_retry(
     base: dict,
     builder: _CandidateBuilder,
-    batches: list[dict[str, np.ndarray]],
     labels: np.ndarray,
     baseline: float,
-    fixed: dict[str, np.ndarray],
     fp32_latency: dict,
     report: dict[str, Any],
     metric_fn: MetricFn = accuracy,
@@ -580,16 +548,11 @@ def _sensitivity_retry(
     """Measure, node by node, how much keeping it in FP32 recovers; exclude the top-k from the base config."""
     args, cand_dir, build = builder.args, builder.cand_dir, builder.build
     graph = builder.source_graph(base)
-    operators = args._list(args.operators_to_quantize) or ["MatMul", "Gemm", "Attention"]
+    operators = args.operators_to_quantize or ["MatMul", "Gemm", "Attention"]
     nodes = _quantizable_nodes(graph, operators)
-    subset_batches, seen = [], 0
-    for batch in batches:
-        if seen >= args.sensitivity_samples:
-            break
-        subset_batches.append(batch)
-        seen += len(batch["input_ids"])
+    seen = min(args.sensitivity_samples, len(labels))
     subset_labels = labels[:seen]
-    base_value = metric_fn(_session_logits(cand_dir / base["file"], subset_batches), subset_labels)
+    base_value = metric_fn(builder.logits(cand_dir / base["file"], seen), subset_labels)
 
     gains = {}
     for i, node in enumerate(nodes):
@@ -598,7 +561,7 @@ def _sensitivity_retry(
             build(probe)
         except (ValueError, RuntimeError):
             continue
-        gains[node] = metric_fn(_session_logits(cand_dir / probe["file"], subset_batches), subset_labels) - base_value
+        gains[node] = metric_fn(builder.logits(cand_dir / probe["file"], seen), subset_labels) - base_value
         os.remove(cand_dir / probe["file"])
     worst = sorted(gains, key=lambda n: -gains[n])[: args.sensitivity_top_k]
     report["sensitivity"] = {
@@ -616,9 +579,9 @@ def _sensitivity_retry(
     build(retry)
     # Timed against FP32 in the same interleaved group, for the same reason as the candidates.
     fp32_file = builder.cand_dir.parent / report["fp32"]["file"]
-    latencies = onnx_latencies({"retry": cand_dir / retry["file"], "fp32": fp32_file}, fixed, args.latency_runs)
+    latencies = builder.latencies({"retry": cand_dir / retry["file"], "fp32": fp32_file})
     retry["latency"], fp32_latency = latencies["retry"], latencies["fp32"]
-    logits = _session_logits(cand_dir / retry["file"], batches)
+    logits = builder.logits(cand_dir / retry["file"])
     retry["accuracy"] = accuracy(logits, labels)
     retry["metric_value"] = metric_fn(logits, labels)
     retry["passed"] = args.within_criterion(baseline, retry["metric_value"])
@@ -636,16 +599,30 @@ def _build_optimized_dynamic(candidate: dict, graph: Path, cand_dir: Path, args:
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig, OptimizationConfig, ORTConfig
 
+    # Optimum's arm64 preset is the configuration quantize_dynamic runs here (u8 x s8, QOperator, IntegerOps); with
+    # no operators given, quantize_dynamic quantizes every type in its IntegerOps registry.
+    qconfig = AutoQuantizationConfig.arm64(
+        is_static=False,
+        per_channel=candidate["per_channel"],
+        operators_to_quantize=args.operators_to_quantize or list(IntegerOpsRegistry),
+        nodes_to_exclude=(args.nodes_to_exclude or []) + candidate.get("exclude", []),
+    )
     target = cand_dir / f"model_{candidate['name']}.onnx"
     quantize_dynamic(
         model_input=str(graph),
         model_output=str(target),
-        per_channel=candidate["per_channel"],
+        per_channel=qconfig.per_channel,
         weight_type=QuantType.QInt8,
-        op_types_to_quantize=args._list(args.operators_to_quantize) or None,
-        nodes_to_exclude=(args._list(args.nodes_to_exclude) + candidate.get("exclude", [])) or None,
+        op_types_to_quantize=qconfig.operators_to_quantize,
+        nodes_to_exclude=qconfig.nodes_to_exclude,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    optimization = OptimizationConfig(optimization_level=int(candidate["graph_level"]), optimize_for_gpu=False)
+    ORTConfig(quantization=qconfig, optimization=optimization).to_json_file(
+        cand_dir / _ort_config_file(candidate["name"])
     )
     candidate.update(file=target.name, size_mb=target.stat().st_size / 1e6)
 
@@ -655,7 +632,7 @@ def _candidates(
 ) -> list[dict[str, Any]]:
     if args.approach == "none":
         return []
-    channels = {"true": [True], "false": [False], "both": [False, True]}[args.per_channel]
+    channels = [False, True] if args.per_channel is None else [args.per_channel]
     out = []
     if args.approach in ("auto", "dynamic"):
         out += [
@@ -686,7 +663,7 @@ def _candidates(
                 "per_channel": pc,
                 "calibration": m,
             }
-            for m in args._list(args.calibration_methods)
+            for m in args.calibration_methods
             for pc in channels
         ]
     if args.approach == "static" and not have_calibration:
