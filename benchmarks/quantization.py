@@ -9,13 +9,16 @@ PyTorch FP32, and the distilled student in PyTorch FP32, ONNX FP32 and ONNX INT8
 from __future__ import annotations
 
 import argparse
-import json
+import itertools
 import os
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import torch  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -24,14 +27,49 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from trainer_ext.benchmark import (  # noqa: E402
-    fixed_length_runner,
-    interleaved_latency,
-    profile_onnx,
-    profile_pytorch,
-)
+from trainer_ext.benchmark import ClassifierRunner, interleaved_latency  # noqa: E402
 from trainer_ext.data import load_offline_rotten_tomatoes  # noqa: E402
+from trainer_ext.files import write_json  # noqa: E402
 from trainer_ext.quantization import QuantizationArguments, quantize_model  # noqa: E402
+
+
+def profile(
+    runner: ClassifierRunner,
+    texts: list[str],
+    *,
+    sequence_length: int = 64,
+    runs: int = 100,
+    warmup: int = 10,
+    throughput_batch: int = 32,
+) -> dict[str, Any]:
+    """Latency and throughput of one model alone (each column timed by `interleaved_latency` over this model only).
+
+    - `latency_fixed`: batch 1 padded to `sequence_length` (the reference's setting), tokenization excluded;
+    - `latency_real`: batch 1 at each sentence's own length (cycling through `texts`), tokenization excluded;
+    - `latency_end_to_end`: tokenization included, real lengths;
+    - `throughput`: sentences per second at batch `throughput_batch`, padded to the longest in the batch.
+    """
+
+    def timed(run) -> dict[str, float]:
+        return interleaved_latency({"run": run}, rounds=1, runs_per_round=runs, warmup=warmup, warmup_s=0.0)["run"]
+
+    real = itertools.cycle([runner.encode([t], max_length=sequence_length) for t in texts[:runs]])
+    sentences = itertools.cycle(texts)
+    batches = [texts[i : i + throughput_batch] for i in range(0, len(texts), throughput_batch)]
+    batches = [runner.encode(b, max_length=sequence_length) for b in batches if len(b) == throughput_batch][:4]
+    start = time.perf_counter()
+    for batch in batches:
+        runner(batch)
+    seconds = time.perf_counter() - start
+    return {
+        "latency_fixed": timed(runner.fixed_length_call(texts[0], sequence_length)),
+        "latency_real": timed(lambda: runner(next(real))),
+        "latency_end_to_end": timed(lambda: runner(runner.encode([next(sentences)], max_length=sequence_length))),
+        "throughput_per_s": len(batches) * throughput_batch / seconds,
+        "sequence_length": sequence_length,
+        "num_threads": torch.get_num_threads(),
+        "size_mb": runner.size_mb,
+    }
 
 
 def main() -> None:
@@ -47,12 +85,11 @@ def main() -> None:
     data = load_offline_rotten_tomatoes()
     texts = list(data["test"]["text"])
     tokenizer = AutoTokenizer.from_pretrained(cli.student)
-    kwargs = {"runs": cli.runs}
-    rows = {}
+    runners: dict[str, ClassifierRunner] = {}
 
     # The reference's baseline shape, random weights, the same vocabulary as ours.
     base = BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, num_labels=2)).eval()
-    rows["BERT-Base-shaped PyTorch FP32"] = profile_pytorch(base, tokenizer, texts, **kwargs)
+    runners["BERT-Base-shaped PyTorch FP32"] = ClassifierRunner(base, tokenizer)
     with tempfile.TemporaryDirectory() as tmp:
         base.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -66,11 +103,11 @@ def main() -> None:
             QuantizationArguments(approach="dynamic", max_absolute_drop=1.0, latency_runs=20),
         )
     base_int8 = f"BERT-Base-shaped ONNX INT8 ({report['chosen']['name']})"
-    rows[base_int8] = profile_onnx(out / "bert_base" / "onnx" / "model_quantized.onnx", tokenizer, texts, **kwargs)
+    runners[base_int8] = ClassifierRunner(out / "bert_base" / "onnx" / "model_quantized.onnx", tokenizer)
     teacher = AutoModelForSequenceClassification.from_pretrained(cli.teacher)
-    rows["teacher PyTorch FP32"] = profile_pytorch(teacher, tokenizer, texts, **kwargs)
+    runners["teacher PyTorch FP32"] = ClassifierRunner(teacher, tokenizer)
     student = AutoModelForSequenceClassification.from_pretrained(cli.student)
-    rows["student PyTorch FP32"] = profile_pytorch(student, tokenizer, texts, **kwargs)
+    runners["student PyTorch FP32"] = ClassifierRunner(student, tokenizer)
     report = quantize_model(
         cli.student,
         tokenizer,
@@ -79,23 +116,15 @@ def main() -> None:
         QuantizationArguments(),
         calibration_dataset=data["train"],
     )
-    rows["student ONNX FP32"] = profile_onnx(out / "student" / "onnx" / "model.onnx", tokenizer, texts, **kwargs)
+    runners["student ONNX FP32"] = ClassifierRunner(out / "student" / "onnx" / "model.onnx", tokenizer)
     int8 = out / "student" / "onnx" / "model_quantized.onnx"
     if int8.exists():
-        rows[f"student ONNX INT8 ({report['chosen']['name']})"] = profile_onnx(int8, tokenizer, texts, **kwargs)
+        runners[f"student ONNX INT8 ({report['chosen']['name']})"] = ClassifierRunner(int8, tokenizer)
+    rows = {name: profile(runner, texts, runs=cli.runs) for name, runner in runners.items()}
 
     # The headline column: all six models at batch 1, length 64, timed in alternation (see interleaved_latency).
-    sources = {
-        "BERT-Base-shaped PyTorch FP32": base,
-        base_int8: out / "bert_base" / "onnx" / "model_quantized.onnx",
-        "teacher PyTorch FP32": teacher,
-        "student PyTorch FP32": student,
-        "student ONNX FP32": out / "student" / "onnx" / "model.onnx",
-    }
-    if int8.exists():
-        sources[f"student ONNX INT8 ({report['chosen']['name']})"] = int8
-    runners = {name: fixed_length_runner(src, tokenizer, texts[0]) for name, src in sources.items()}
-    interleaved = interleaved_latency(runners, rounds=cli.rounds)
+    calls = {name: runner.fixed_length_call(texts[0]) for name, runner in runners.items()}
+    interleaved = interleaved_latency(calls, rounds=cli.rounds)
     for name, latency in interleaved.items():
         rows[name]["latency_interleaved"] = latency
 
@@ -130,7 +159,7 @@ def main() -> None:
         f"student accuracy (validation): ONNX FP32 {100 * fp32['accuracy']:.2f}%, chosen "
         f"{report['chosen']['name']} {100 * report['chosen'].get('accuracy', fp32['accuracy']):.2f}%"
     )
-    (out / "results.json").write_text(json.dumps({"rows": rows, "student_report": report}, indent=2, default=str))
+    write_json(out / "results.json", {"rows": rows, "student_report": report})
 
 
 if __name__ == "__main__":
