@@ -1,22 +1,9 @@
 """Hub-ready model cards whose every number was measured in the run that wrote them.
 
-A card is rendered from a *results* dict (the schema `results.json` holds; `ModelCardCallback` and
-`trainer-ext run` write it) with huggingface_hub's `ModelCard` / `ModelCardData` / `EvalResult` and the Jinja
-template in `model_cards/template.md`. A variant without a measurement is written as "not measured", never as a
-number, and is left out of the `model-index`.
-
-Results schema (every key optional except `variants`):
-
-```
-{"variants": {"teacher" | "student_no_distillation" | "student_distilled" | "student_int8" | ...:
-                 {"accuracy", "latency_ms", "size_mb", "parameters", "runtime", "eval_examples"}},
- "model_variant": "student_distilled",      # the FP32 weights in this folder
- "metric": "accuracy",
- "evaluation": {"dataset_id", "dataset_name", "dataset_config", "split", "examples"},
- "latency": {"batch_size", "sequence_length", "threads", "runs", "cpu"},
- "teacher": str, "student_base": str, "distillation": {...}, "augmentation": {...},
- "quantization": compression_report.json's content, "stages": {stage: seconds}}
-```
+A card is rendered from a `Results` (the schema of `results.json`, owned by `trainer_ext.results`) with
+huggingface_hub's `ModelCard` / `ModelCardData` / `EvalResult` and the Jinja template in
+`templates/model_card.md`. A variant without a measurement is written as "not measured", never as a number, and is
+left out of the `model-index`.
 """
 
 from __future__ import annotations
@@ -27,14 +14,17 @@ import os
 import platform
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .files import write_atomic, write_text
+from .results import Results, ResultsError, Variant
+
 CARD_FILE = "README.md"
 PLOT_FILE = "accuracy_vs_latency.png"
-RESULTS_FILE = "results.json"
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 MARKER_TAG = "trainer-ext"
 NOT_MEASURED = "not measured"
@@ -47,11 +37,37 @@ VARIANT_LABELS = {
     "student": "student",
     "student_int8": "student INT8",
 }
-INT8_VARIANT = "student_int8"
+# The training settings a card states (and results.json records) for the distillation.
+DISTILLATION_SETTINGS = (
+    "distillation_loss",
+    "temperature",
+    "distillation_weight",
+    "num_train_epochs",
+    "learning_rate",
+    "per_device_train_batch_size",
+)
 
 
 class ModelCardError(ValueError):
     """The card cannot be written as asked; the message says how to fix it."""
+
+
+@dataclass
+class CardArguments:
+    """Model card metadata: `write_model_card`'s fields, a recipe's `card` section and `trainer-ext card`'s flags."""
+
+    model_name: str | None = field(default=None, metadata={"help": "Card title and model-index name."})
+    repo_id: str | None = field(default=None, metadata={"help": "Hub repo id shown in the usage snippets."})
+    license: str | None = field(default=None, metadata={"help": "License id, e.g. apache-2.0."})
+    language: str | None = field(default="en", metadata={"help": "Language code."})
+    dataset_id: str | None = field(default=None, metadata={"help": "Hub id of the evaluation dataset."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Pretty name of the evaluation dataset."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset config, e.g. sst2."})
+    dataset_split: str | None = field(default=None, metadata={"help": "Split the accuracy was measured on."})
+    base_model: str | None = field(default=None, metadata={"help": "Hub id the student was made from."})
+    base_model_relation: str | None = field(default=None, metadata={"help": "finetune, quantized, ..."})
+    tags: list[str] | None = field(default=None, metadata={"help": "Extra tags."})
+    limitations: list[str] | None = field(default=None, metadata={"help": "Extra limitation lines."})
 
 
 # ------------------------------------------------------------------------------------------------------ escaping
@@ -81,112 +97,34 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# ------------------------------------------------------------------------------------------------------- results
-def results_from_compression_report(report: dict[str, Any]) -> dict[str, Any]:
-    """Results for a folder that only has `compression_report.json` (quantized with `trainer-ext quantize`).
-
-    Both rows are ONNX Runtime measurements from the search: the FP32 graph and the chosen INT8 one, on the
-    search's evaluation set. The teacher was not measured.
-    """
-    fp32, chosen = report["fp32"], report["chosen"]
-    variants: dict[str, Any] = {
-        "student": {
-            "accuracy": fp32.get("accuracy"),
-            "latency_ms": fp32["latency"]["median_ms"],
-            "size_mb": fp32.get("size_mb"),
-            "runtime": "ONNX Runtime FP32",
-        },
-        "teacher": {},
-    }
-    if chosen["name"] != "fp32":
-        variants[INT8_VARIANT] = {
-            "accuracy": chosen.get("accuracy"),
-            "latency_ms": chosen["latency"]["median_ms"],
-            "size_mb": chosen.get("size_mb"),
-            "runtime": "ONNX Runtime INT8",
-        }
-    else:
-        variants[INT8_VARIANT] = {"note": chosen.get("reason", "quantization kept FP32")}
-    return {
-        "variants": variants,
-        "model_variant": "student",
-        "metric": "accuracy",
-        "evaluation": {"examples": report.get("eval_examples")},
-        "latency": {
-            "batch_size": 1,
-            "sequence_length": report.get("args", {}).get("sequence_length"),
-            "runs": report.get("args", {}).get("latency_runs"),
-            "threads": report.get("onnx_threads"),
-        },
-        "quantization": report,
-    }
-
-
-def load_results(output_dir: str | os.PathLike) -> dict[str, Any]:
-    """`results.json` if the folder has one, else what `compression_report.json` alone supports."""
-    output_dir = Path(output_dir)
-    if (output_dir / RESULTS_FILE).exists():
-        return json.loads((output_dir / RESULTS_FILE).read_text())
-    from .quantization import REPORT_FILE
-
-    if (output_dir / REPORT_FILE).exists():
-        return results_from_compression_report(json.loads((output_dir / REPORT_FILE).read_text()))
-    raise ModelCardError(
-        f"{output_dir} has neither {RESULTS_FILE} nor {REPORT_FILE}: a card only states measured numbers. Run the "
-        "training with ModelCardCallback / QuantizationCallback, `trainer-ext quantize`, or pass report=."
-    )
-
-
-def measured(variant: dict[str, Any] | None) -> bool:
-    return bool(variant) and (_is_number(variant.get("accuracy")) or _is_number(variant.get("latency_ms")))
-
-
-def model_variant_name(results: dict[str, Any]) -> str:
-    variants = results["variants"]
-    name = results.get("model_variant")
-    if name in variants:
-        return name
-    return next((n for n in ("student_distilled", "student") if n in variants), next(iter(variants)))
-
-
 # ----------------------------------------------------------------------------------------------------- rendering
 def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}" if _is_number(value) else NOT_MEASURED
 
 
-def _rows(results: dict[str, Any], metric: str) -> list[dict[str, str]]:
-    variants = results["variants"]
-    teacher_ms = (variants.get("teacher") or {}).get("latency_ms")
-    rows = []
-    for name, v in variants.items():
-        v = v or {}
-        accuracy = v.get("accuracy")
-        latency = v.get("latency_ms")
-        speedup = teacher_ms / latency if _is_number(teacher_ms) and _is_number(latency) and latency > 0 else None
-        rows.append(
-            {
-                "label": md(VARIANT_LABELS.get(name, name)),
-                "runtime": md(v.get("runtime", NOT_MEASURED if not measured(v) else "")),
-                "metric": _fmt(100 * accuracy, ".2f", "%") if _is_number(accuracy) else NOT_MEASURED,
-                "latency": _fmt(latency, ".2f"),
-                "speedup": _fmt(speedup, ".2f", "x"),
-                "size": _fmt(v.get("size_mb"), ".1f"),
-                "parameters": _fmt(v.get("parameters"), ","),
-            }
-        )
-    return rows
+def _rows(results: Results) -> list[dict[str, str]]:
+    return [
+        {
+            "label": md(VARIANT_LABELS.get(name, name)),
+            "runtime": md(v.runtime or ("" if v.measured else NOT_MEASURED)),
+            "metric": _fmt(100 * v.accuracy, ".2f", "%") if _is_number(v.accuracy) else NOT_MEASURED,
+            "latency": _fmt(v.latency_ms, ".2f"),
+            "speedup": _fmt(v.speedup_vs_teacher, ".2f", "x"),
+            "size": _fmt(v.size_mb, ".1f"),
+            "parameters": _fmt(v.parameters, ","),
+        }
+        for name, v in results.variants.items()
+    ]
 
 
-def _eval_results(results: dict[str, Any], fields: dict[str, Any]) -> list[EvalResult]:
+def _eval_results(results: Results, fields: dict[str, Any]) -> list[EvalResult]:
     """One model-index result per measured variant of *this* model: its FP32 weights and its INT8 ONNX file."""
-    metric = results.get("metric", "accuracy")
-    evaluation = results.get("evaluation", {})
+    metric, evaluation = results.metric, results.evaluation
     out = []
-    for name, pretty in ((model_variant_name(results), "FP32"), (INT8_VARIANT, "INT8, ONNX Runtime")):
-        v = results["variants"].get(name) or {}
-        if not _is_number(v.get("accuracy")):
+    for v, pretty in ((results.model, "FP32"), (results.int8, "INT8, ONNX Runtime")):
+        if not _is_number(v.accuracy):
             continue
-        runtime = v.get("runtime", pretty)
+        runtime = v.runtime or pretty
         out.append(
             EvalResult(
                 task_type="text-classification",
@@ -196,7 +134,7 @@ def _eval_results(results: dict[str, Any], fields: dict[str, Any]) -> list[EvalR
                 dataset_config=fields["dataset_config"] or evaluation.get("dataset_config"),
                 dataset_split=fields["dataset_split"] or evaluation.get("split"),
                 metric_type=metric,
-                metric_value=float(v["accuracy"]),
+                metric_value=float(v.accuracy),
                 metric_name=f"{metric.capitalize()} ({runtime})",
             )
         )
@@ -208,16 +146,16 @@ def _value(value: Any) -> str:
     return md(f"{value:.4g}" if isinstance(value, float) else value)
 
 
-def _provenance(results: dict[str, Any]) -> list[str]:
+def _provenance(results: Results) -> list[str]:
     lines = []
-    if results.get("teacher"):
-        lines.append(f"Teacher: {md(results['teacher'])}.")
-    if results.get("student_base"):
-        lines.append(f"Student initialised from: {md(results['student_base'])}.")
-    if results.get("distillation"):
-        settings = ", ".join(f"{md(k)} = {_value(v)}" for k, v in results["distillation"].items())
+    if results.teacher:
+        lines.append(f"Teacher: {md(results.teacher)}.")
+    if results.student_base:
+        lines.append(f"Student initialised from: {md(results.student_base)}.")
+    if results.distillation:
+        settings = ", ".join(f"{md(k)} = {_value(v)}" for k, v in results.distillation.items())
         lines.append(f"Training: {settings}.")
-    aug = results.get("augmentation")
+    aug = results.augmentation
     if aug:
         parts = [f"{md(k)} = {_value(v)}" for k, v in aug.items() if not isinstance(v, (dict, list))]
         lines.append(
@@ -225,7 +163,7 @@ def _provenance(results: dict[str, Any]) -> list[str]:
             + ", ".join(parts)
             + "."
         )
-    quant = results.get("quantization")
+    quant = results.quantization
     if quant:
         chosen = quant.get("chosen", {})
         if chosen.get("name", "fp32") == "fp32":
@@ -237,14 +175,14 @@ def _provenance(results: dict[str, Any]) -> list[str]:
                 "configurations; ONNX export checked against PyTorch (largest logit difference "
                 f"{md(_fmt(quant.get('export_max_abs_logit_diff'), '.1e'))})."
             )
-    if results.get("stages"):
-        stages = ", ".join(f"{md(k)} {v:.0f} s" for k, v in results["stages"].items() if _is_number(v))
+    if results.stages:
+        stages = ", ".join(f"{md(k)} {v:.0f} s" for k, v in results.stages.items() if _is_number(v))
         lines.append(f"Stage durations: {stages}.")
     return lines or ["Trained with trainer-ext."]
 
 
-def _trials(results: dict[str, Any]) -> list[dict[str, str]]:
-    quant = results.get("quantization") or {}
+def _trials(results: Results) -> list[dict[str, str]]:
+    quant = results.quantization or {}
     rows = []
     for t in quant.get("trials", []):
         value = t.get("metric_value", t.get("accuracy"))
@@ -261,11 +199,11 @@ def _trials(results: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def _limitations(results: dict[str, Any], extra: Iterable[str]) -> list[str]:
+def _limitations(results: Results, extra: Iterable[str]) -> list[str]:
     lines = []
-    evaluation, latency = results.get("evaluation", {}), results.get("latency", {})
-    n = evaluation.get("examples")
-    acc = (results["variants"].get(model_variant_name(results)) or {}).get("accuracy")
+    latency = results.latency
+    n = results.evaluation.get("examples")
+    acc = results.model.accuracy
     if _is_number(n) and n and _is_number(acc):
         se = 100 * math.sqrt(acc * (1 - acc) / n)
         lines.append(
@@ -280,19 +218,18 @@ def _limitations(results: dict[str, Any], extra: Iterable[str]) -> list[str]:
         "A distilled student inherits its teacher's errors and biases, and can add its own on text unlike the "
         "training data."
     )
-    int8 = results["variants"].get(INT8_VARIANT) or {}
-    if not measured(int8):
-        lines.append(f"No INT8 model is included: {md(int8.get('note', 'quantization was not run'))}.")
+    if not results.int8.measured:
+        lines.append(f"No INT8 model is included: {md(results.int8.note or 'quantization was not run')}.")
     lines += [md(x) for x in extra or ()]
     return lines
 
 
-def accuracy_latency_plot(results: dict[str, Any], path: str | os.PathLike) -> Path | None:
+def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | None:
     """Scatter of accuracy against batch-1 latency for every variant with both measured; None when there is none."""
     points = [
-        (VARIANT_LABELS.get(name, name), v["latency_ms"], 100 * v["accuracy"])
-        for name, v in results["variants"].items()
-        if v and _is_number(v.get("latency_ms")) and _is_number(v.get("accuracy"))
+        (VARIANT_LABELS.get(name, name), v.latency_ms, 100 * v.accuracy)
+        for name, v in results.variants.items()
+        if _is_number(v.latency_ms) and _is_number(v.accuracy)
     ]
     if not points:
         return None
@@ -312,20 +249,17 @@ def accuracy_latency_plot(results: dict[str, Any], path: str | os.PathLike) -> P
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("batch-1 latency (ms, log scale)")
-    ax.set_ylabel(f"{results.get('metric', 'accuracy')} (%)")
+    ax.set_ylabel(f"{results.metric} (%)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    write_atomic(path, fig.savefig)
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def write_model_card(
     output_dir: str | os.PathLike,
-    report: dict[str, Any] | None = None,
+    report: Results | dict[str, Any] | None = None,
     *,
     model_name: str | None = None,
     repo_id: str | None = None,
@@ -344,8 +278,8 @@ def write_model_card(
 ) -> ModelCard:
     """Write `<output_dir>/README.md` (and `accuracy_vs_latency.png`) from measured results; return the card.
 
-    `report` is a results dict (see the module docstring); by default it is read from `<output_dir>/results.json`,
-    or built from `compression_report.json`. The other fields are the card's metadata; strings are escaped, so
+    `report` is a `Results`, the content of a `results.json`, or the report `quantize_model` returns; by default it
+    is read from `<output_dir>/results.json`, or else built from `compression_report.json`. The other fields are the card's metadata; strings are escaped, so
     names with quotes, colons, newlines or markdown cannot break the YAML header or the page.
     """
     output_dir = Path(output_dir)
@@ -353,23 +287,27 @@ def write_model_card(
         raise ModelCardError(f"{output_dir} is not a folder: pass the training output directory.")
     if not os.access(output_dir, os.W_OK):
         raise ModelCardError(f"Cannot write to {output_dir}; pass a writable output directory.")
-    results = report if report is not None else load_results(output_dir)
-    if not results.get("variants"):
-        raise ModelCardError("The results have no 'variants': nothing was measured, so there is nothing to state.")
-    evaluation = results.get("evaluation", {})
+    try:
+        if isinstance(report, Results):
+            results = report
+        else:
+            results = Results.from_dict(report) if report is not None else Results.load(output_dir)
+    except ResultsError as err:
+        raise ModelCardError(str(err)) from err
+    evaluation = results.evaluation
     fields = {
         "dataset_id": dataset_id or evaluation.get("dataset_id"),
         "dataset_name": dataset_name or evaluation.get("dataset_name"),
         "dataset_config": dataset_config or evaluation.get("dataset_config"),
         "dataset_split": dataset_split or evaluation.get("split"),
     }
-    metric = results.get("metric", "accuracy")
+    metric = results.metric
     model_name = model_name or repo_id or output_dir.resolve().name
-    base_model = base_model or results.get("base_model")
+    base_model = base_model or results.base_model
     if base_model and Path(base_model).exists():
         base_model = None  # a local path is not a Hub reference; the provenance section still names it
     all_tags = [MARKER_TAG, "text-classification", "distillation"]
-    if measured(results["variants"].get(INT8_VARIANT)):
+    if results.int8.measured:
         all_tags += ["onnx", "int8", "quantized"]
     all_tags += [t for t in (tags or []) if t not in all_tags]
     card_data = ModelCardData(
@@ -388,10 +326,10 @@ def write_model_card(
     plot_file = None
     if plot and accuracy_latency_plot(results, output_dir / PLOT_FILE) is not None:
         plot_file = PLOT_FILE
-    latency = results.get("latency", {})
-    quant = results.get("quantization") or {}
+    latency = results.latency
+    quant = results.quantization or {}
     criterion = quant.get("criterion", {})
-    int8_kept = measured(results["variants"].get(INT8_VARIANT))
+    int8_kept = results.int8.measured
     evaluation_bits = [md(fields["dataset_name"] or fields["dataset_id"] or "the evaluation set")]
     if fields["dataset_config"]:
         evaluation_bits.append(f"config {md(fields['dataset_config'])}")
@@ -400,22 +338,15 @@ def write_model_card(
     if evaluation.get("examples"):
         evaluation_bits.append(f"{evaluation['examples']:,} examples")
     title = md(model_name)
-    teacher = results["variants"].get("teacher") or {}
-    student = results["variants"].get(model_variant_name(results)) or {}
-    best = results["variants"].get(INT8_VARIANT) if int8_kept else student
+    teacher = results.variants.get("teacher") or Variant()
+    best = results.int8 if int8_kept else results.model
     summary = "A compact text classifier made with trainer-ext (knowledge distillation and INT8 quantization)."
-    if (
-        measured(teacher)
-        and measured(best)
-        and _is_number(teacher.get("latency_ms"))
-        and _is_number(best.get("latency_ms"))
-    ):
+    if _is_number(teacher.latency_ms) and _is_number(best.latency_ms):
         summary += (
-            f" Its fastest form runs {teacher['latency_ms'] / best['latency_ms']:.1f}x faster than its teacher at "
-            "batch 1"
+            f" Its fastest form runs {teacher.latency_ms / best.latency_ms:.1f}x faster than its teacher at batch 1"
         )
-        if _is_number(teacher.get("accuracy")) and _is_number(best.get("accuracy")):
-            summary += f", at {100 * (best['accuracy'] - teacher['accuracy']):+.2f} {md(metric)} points"
+        if _is_number(teacher.accuracy) and _is_number(best.accuracy):
+            summary += f", at {100 * (best.accuracy - teacher.accuracy):+.2f} {md(metric)} points"
         summary += " (measured below)."
     card = ModelCard.from_template(
         card_data,
@@ -429,7 +360,7 @@ def write_model_card(
             f"{md(latency.get('threads', '?'))} threads on {md(latency.get('cpu') or platform.machine())}"
         ),
         metric_label=md(metric),
-        rows=_rows(results, metric),
+        rows=_rows(results),
         plot_file=plot_file,
         provenance=_provenance(results),
         trials=_trials(results),
@@ -444,9 +375,7 @@ def write_model_card(
         onnx_description="the INT8 model" if int8_kept else "the FP32 ONNX graph; no INT8 model was kept",
         limitations=_limitations(results, limitations),
     )
-    tmp = output_dir / (CARD_FILE + ".tmp")
-    tmp.write_text(str(card), encoding="utf-8")
-    os.replace(tmp, output_dir / CARD_FILE)
+    write_text(output_dir / CARD_FILE, str(card))
     return card
 
 

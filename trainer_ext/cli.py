@@ -116,8 +116,7 @@ def _card(argv: list[str]) -> int:
 
     from transformers import HfArgumentParser
 
-    from .cards import write_model_card
-    from .recipe import CardArguments
+    from .cards import CardArguments, write_model_card
 
     @dataclass
     class CardFolder:

@@ -1,11 +1,24 @@
 """`trainer-ext run RECIPE`: the whole compression job, stage by stage, resumable and distributed.
 
-Stages: data -> teacher (fine-tuned when it is not yet a classifier for the task) -> student without distillation
-(the comparison row) -> augmentation (generator fine-tuning, sampling, teacher relabelling) -> distillation ->
-quantization -> benchmark -> card. Each stage writes its outputs under `run.output_dir`, then a marker
-`stages/<stage>.json` holding its settings and duration. A re-run skips every stage whose marker matches its settings
-(an interrupted run resumes and redoes nothing); a marker with other settings is an error, never an overwrite, so a
-finished stage's outputs are never deleted or corrupted by a later one.
+Stages, in order, each with the one module that owns its work (this module only orders them, keys them and saves
+what they return):
+
+- data: load, validate and split the dataset (`data`);
+- teacher: load the teacher, fine-tuned on the training split when it is not yet a classifier for these labels
+  (`transformers.Trainer`);
+- student_no_distillation: build the student from the teacher (`students`) and train it on labels only, the
+  comparison row (`trainer`, which without a teacher is `Trainer`);
+- augmentation: fine-tune the generator, sample per label, filter, relabel with the teacher (`augmentation`);
+- distillation: the same student trained on original + generated text against the teacher's logits (`trainer`,
+  `teacher` for the logit cache);
+- quantization, teacher_quantization: ONNX export and the accuracy-aware INT8 search (`quantization`);
+- benchmark: every variant measured on the test split, latency timed in alternation (`results`, `benchmark`);
+- card: `results.json` and the Hub model card (`results`, `cards`).
+
+Each stage writes its outputs under `run.output_dir` (atomically, `files`), then a marker `stages/<stage>.json`
+holding its settings and duration. A re-run skips every stage whose marker matches its settings (an interrupted run
+resumes and redoes nothing); a marker with other settings is an error, never an overwrite, so a finished stage's
+outputs are never deleted or corrupted by a later one.
 
 Under `torchrun --nproc_per_node N` training stages run data-parallel (Trainer), the generator's sampling is split
 across processes, the teacher's logits are computed in shares, and only the main process writes shared files.
@@ -16,16 +29,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import PartialState
-from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
+from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -38,12 +50,15 @@ from transformers import (
 from transformers.utils import logging
 
 from .assets import minilm_teacher_path, smollm2_gguf_path
-from .augmentation import TextGenerationAugmenter, merge_with_original, normalize_text
-from .benchmark import cpu_name, fixed_length_runner, interleaved_latency, measure_classifier
-from .cards import INT8_VARIANT, RESULTS_FILE, write_model_card
+from .augmentation import TextGenerationAugmenter, merge_with_original, read_stats
+from .benchmark import ClassifierRunner
+from .cards import DISTILLATION_SETTINGS, write_model_card
 from .data import OFFLINE_DATASET_NAME, id2label_label2id, label_names, load_text_classification_dataset
+from .distributed import process_state
+from .files import save_pretrained, write_atomic, write_json
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
 from .recipe import PACKAGED_GENERATOR, PACKAGED_TEACHER, Recipe
+from .results import INT8_VARIANT, RESULTS_FILE, Results, measure
 from .students import STUDENT_PRESETS, build_student, calibration_batches
 from .trainer import DistillationTrainer
 
@@ -78,24 +93,6 @@ def _settings(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj) if f.init and f.name not in ignored}
 
 
-def _atomic_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def _save_model(model: PreTrainedModel, tokenizer: Any, path: Path) -> None:
-    """Save to a temporary folder and rename: an interrupted save never looks like a finished model."""
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if path.exists():
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-
-
 class Pipeline:
     """Runs a `Recipe`. `run()` returns the results dict that `results.json` holds."""
 
@@ -103,31 +100,22 @@ class Pipeline:
         self.recipe = recipe
         self.args = recipe.run
         self.out = Path(self.args.output_dir)
-        # On CPU, accelerate only sets up the process group when told to use the CPU (as Trainer does with use_cpu).
-        self.state = PartialState(cpu=not torch.cuda.is_available())
         self.progress = progress if self.is_main else (lambda _msg: None)
         self.stage_seconds: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # stage -> key of its settings and of the stages it reads
 
-    # Rank decisions read torch.distributed, not accelerate's shared PartialState: every TrainingArguments resets
-    # that shared state and rebuilds it, and a rank that read it at the wrong moment (or after a plain
-    # `PartialState()` on CPU, which is single-process) took itself for the main process and wrote shared files.
-    @property
-    def process_index(self) -> int:
-        return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
+    # Read afresh each time: every TrainingArguments resets accelerate's shared state and rebuilds it.
     @property
     def num_processes(self) -> int:
-        return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        return process_state().num_processes
 
     @property
     def is_main(self) -> bool:
-        return self.process_index == 0
+        return process_state().is_main_process
 
     def barrier(self) -> None:
-        if torch.distributed.is_initialized():
-            torch.distributed.barrier()
+        process_state().wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------ orchestration
     def check(self) -> None:
@@ -170,11 +158,7 @@ class Pipeline:
         latency = {"latency_runs": self.args.latency_runs}
         self._stage("benchmark", latency, self.stage_benchmark, tuple(self.keys))
         self._stage("card", asdict(self.recipe.card), self.stage_card, ("benchmark",))
-        results = json.loads((self.out / RESULTS_FILE).read_text())
-        if self.is_main and "card" not in results.get("stages", {}):
-            results["stages"] = dict(self.stage_seconds)  # the card's own duration is known only now
-            _atomic_json(self.out / RESULTS_FILE, results)
-        return results
+        return json.loads((self.out / RESULTS_FILE).read_text())
 
     def _marker(self, stage: str) -> Path:
         return self.out / STAGE_DIR / f"{stage}.json"
@@ -201,7 +185,7 @@ class Pipeline:
         seconds = time.perf_counter() - start
         self.barrier()
         if self.is_main:
-            _atomic_json(marker, {"key": key, "seconds": seconds, "settings": settings, "finished": time.time()})
+            write_json(marker, {"key": key, "seconds": seconds, "settings": settings, "finished": time.time()})
         self.barrier()
         self.stage_seconds[name] = seconds
         self.stage_status[name] = "ran"
@@ -239,7 +223,7 @@ class Pipeline:
         data = self._load_data()
         if self.is_main:
             summary = {split: len(ds) for split, ds in data.items()} | {"labels": label_names(data["train"])}
-            _atomic_json(self.out / "data" / "summary.json", summary)
+            write_json(self.out / "data" / "summary.json", summary)
         return data
 
     # ------------------------------------------------------------------------------------------------ teacher
@@ -304,7 +288,7 @@ class Pipeline:
             trainer.train()
             teacher = trainer.model
         if self.is_main:
-            _save_model(teacher, tokenizer, self.out / "teacher")
+            save_pretrained(self.out / "teacher", teacher, tokenizer)
 
     def _teacher(self) -> tuple[PreTrainedModel, Any]:
         path = self.out / "teacher"
@@ -356,8 +340,8 @@ class Pipeline:
                 )
                 tokenizer = AutoTokenizer.from_pretrained(self.args.student)
             if self.is_main:
-                _save_model(student, tokenizer, path)
-                _atomic_json(key_file, {"key": key})
+                save_pretrained(path, student, tokenizer)
+                write_json(key_file, {"key": key})
             self.barrier()
         return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
@@ -378,7 +362,7 @@ class Pipeline:
         )
         trainer.train()
         if self.is_main:
-            _save_model(trainer.model, tokenizer, self.out / name)
+            save_pretrained(self.out / name, trainer.model, tokenizer)
 
     def stage_student_no_distillation(self) -> None:
         # Without a teacher DistillationTrainer is exactly Trainer: the comparison row differs only in the loss.
@@ -386,76 +370,20 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------- augmentation
     def stage_augmentation(self) -> None:
-        """Fine-tune the generator (data-parallel), sample in shares per process, de-duplicate, relabel."""
+        """Generated, teacher-relabelled sentences in `augmentation/augmented` (TextGenerationAugmenter.augment)."""
         teacher, teacher_tokenizer = self._teacher()
         aug_dir = self.out / "augmentation"
-        base = replace(self.recipe.augmentation, output_dir=str(aug_dir), max_length=self.args.max_length)
-        base = replace(base, generator_name_or_path=self._resolve_generator_source())
-        train = self.data["train"]
-        exclude = [t for s in (self.args.eval_split, self.args.test_split) for t in self.data[s]["text"]]
-        names = label_names(train)
-        generator_dir = aug_dir / "generator"
-        fine_tune_start = time.perf_counter()
-        tuned: TextGenerationAugmenter | None = None
-        if base.fine_tune and not (generator_dir / "config.json").exists():  # else an earlier run left generator/
-            tuned = TextGenerationAugmenter(base.generator_name_or_path, args=base)
-            tuned.fine_tune(train, tuned.prompt_names(names))
-        if base.fine_tune:
-            self.barrier()
-        fine_tune_seconds = time.perf_counter() - fine_tune_start
-        rank, world = self.process_index, self.num_processes
-        share = base.num_samples // world + (1 if rank < base.num_samples % world else 0)
-        local = replace(
-            base,
-            generator_name_or_path=str(generator_dir) if base.fine_tune else base.generator_name_or_path,
-            gguf_file=None if base.fine_tune else base.gguf_file,
-            fine_tune=False,
-            num_samples=share,
-            seed=base.seed + 1009 * rank,
-            output_dir=str(aug_dir / f"process_{rank}"),
+        args = replace(
+            self.recipe.augmentation,
+            output_dir=str(aug_dir),
+            max_length=self.args.max_length,
+            generator_name_or_path=self._resolve_generator_source(),
         )
-        # The generator just fine-tuned is sampled from memory (data-parallel training kept every process's copy
-        # identical); only a resumed run loads it from generator/.
-        if tuned is not None:
-            augmenter = TextGenerationAugmenter(tuned.model, tuned.tokenizer, args=local)
-        else:
-            augmenter = TextGenerationAugmenter(local.generator_name_or_path, args=local)
-        generated = augmenter.augment(train, teacher=None, exclude_texts=exclude)  # relabelled below, together
-        generated.select_columns(["text", "prompt_label"]).save_to_disk(str(aug_dir / f"process_{rank}" / "kept"))
-        self.barrier()
-        parts = [load_from_disk(str(aug_dir / f"process_{r}" / "kept")) for r in range(world)]
-        stats = [
-            json.loads((aug_dir / f"process_{r}" / "augmentation_stats.json").read_text())["stats"]
-            for r in range(world)
-        ]
-        merged = concatenate_datasets(parts)
-        seen, keep = set(), []
-        for i, text in enumerate(merged["text"]):  # processes sample independently: drop cross-process duplicates
-            key = normalize_text(text)
-            if key not in seen:
-                seen.add(key)
-                keep.append(i)
-        merged = merged.select(keep)
-        # Every process relabels the same merged set: compute_teacher_logits splits it and gathers the logits.
-        augmenter.args = replace(local, output_dir=str(aug_dir))  # the relabelling's teacher-logit cache goes here
-        summary: dict[str, Any] = {
-            "generated": sum(s.get("generated", 0) for s in stats),
-            "kept_per_process": [s.get("kept", 0) for s in stats],
-            "cross_process_duplicates": sum(len(p) for p in parts) - len(merged),
-            "processes": world,
-            "fine_tune_seconds": fine_tune_seconds,  # generator load + fine-tuning (or reuse of generator/)
-            "generation_seconds": max(s.get("generation_seconds", 0.0) for s in stats),
-        }
-        relabelled = augmenter.relabel(merged, teacher, teacher_tokenizer, names, summary)
-        summary["kept"] = len(relabelled)
+        exclude = [t for s in (self.args.eval_split, self.args.test_split) for t in self.data[s]["text"]]
+        augmenter = TextGenerationAugmenter(args.generator_name_or_path, args=args)
+        generated = augmenter.augment(self.data["train"], teacher, teacher_tokenizer, exclude)
         if self.is_main:
-            path = aug_dir / "augmented"
-            tmp = aug_dir / "augmented.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            relabelled.save_to_disk(str(tmp))
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
-            _atomic_json(aug_dir / "summary.json", summary)
+            write_atomic(aug_dir / "augmented", partial(Dataset.save_to_disk, generated))
 
     # ------------------------------------------------------------------------------------------- distillation
     def stage_distillation(self) -> None:
@@ -465,8 +393,7 @@ class Pipeline:
         if self.args.augment:
             if not augmented.exists():
                 raise PipelineError(f"The augmentation output {augmented} is missing; delete its stage marker.")
-            train = merge_with_original(train, load_from_disk(str(augmented)))
-            train = train.remove_columns([c for c in train.column_names if c not in ("text", "label")])
+            train = merge_with_original(train, load_from_disk(str(augmented)).remove_columns("teacher_logits"))
         self._train_student("student_distilled", train, teacher, teacher_tokenizer)
 
     # ------------------------------------------------------------------------------------------- quantization
@@ -509,123 +436,84 @@ class Pipeline:
 
     # --------------------------------------------------------------------------------------------- benchmark
     def stage_benchmark(self) -> None:
+        """Every variant on the test split, timed in one interleaved group; saved in `benchmark/variants.json`."""
         if not self.is_main:
             return
-        test = self.data[self.args.test_split]
         teacher, teacher_tokenizer = self._teacher()
-        sources: dict[str, Any] = {"teacher": (teacher, teacher_tokenizer)}
+        models: dict[str, ClassifierRunner | str] = {"teacher": ClassifierRunner(teacher, teacher_tokenizer)}
+        int8_folders = {"teacher_int8": ("teacher_int8", "teacher")}
         for name in ("student_no_distillation", "student_distilled"):
             path = self.out / name
             if not (path / "config.json").exists():
                 raise PipelineError(f"{path} is missing; delete its stage marker to retrain it.")
-            sources[name] = (
-                AutoModelForSequenceClassification.from_pretrained(path),
-                AutoTokenizer.from_pretrained(path),
-            )
-        report_path = self.out / "student_distilled" / REPORT_FILE
-        report = json.loads(report_path.read_text()) if report_path.exists() else None
-        variants: dict[str, Any] = {}
-        for name, (model, tok) in sources.items():
-            variants[name] = measure_classifier(model, tok, test, runs=self.args.latency_runs)
-        # INT8 ONNX files: (variant, folder, tokenizer, PyTorch variant whose parameter count it shares)
-        onnx_variants = [
-            ("teacher_int8", self.out / "teacher_int8", teacher_tokenizer, "teacher"),
-            (INT8_VARIANT, self.out / "student_distilled", sources["student_distilled"][1], "student_distilled"),
-        ]
-        runners = {name: fixed_length_runner(m, t, str(test[0]["text"])) for name, (m, t) in sources.items()}
-        for name, folder, tok, base in onnx_variants:
-            int8 = folder / ONNX_SUBFOLDER / INT8_FILE
+            model = AutoModelForSequenceClassification.from_pretrained(path)
+            models[name] = ClassifierRunner(model, AutoTokenizer.from_pretrained(path))
+        int8_folders[INT8_VARIANT] = ("student_distilled", "student_distilled")
+        for name, (folder, base) in int8_folders.items():
+            int8, report = self.out / folder / ONNX_SUBFOLDER / INT8_FILE, self.out / folder / REPORT_FILE
             if int8.exists():
-                params = variants[base]["parameters"]
-                variants[name] = measure_classifier(int8, tok, test, runs=self.args.latency_runs, parameters=params)
-                runners[name] = fixed_length_runner(int8, tok, str(test[0]["text"]))
+                models[name] = ClassifierRunner(int8, models[base].tokenizer, parameters=models[base].parameters)
             else:
-                folder_report = folder / REPORT_FILE
-                reason = (
-                    json.loads(folder_report.read_text())["chosen"].get("reason")
-                    if folder_report.exists()
-                    else "quantization did not run"
+                models[name] = (
+                    json.loads(report.read_text())["chosen"].get("reason")
+                    if report.exists()
+                    else ("quantization did not run")
                 )
-                variants[name] = {"note": reason}
         order = ("teacher", "teacher_int8", "student_no_distillation", "student_distilled", INT8_VARIANT)
-        variants = {name: variants[name] for name in order if name in variants}
-        # Headline latency: every variant timed in alternation (the CPU's speed drifts over minutes).
-        rounds = max(1, self.args.latency_runs // 20)
-        for name, latency in interleaved_latency(runners, rounds=rounds).items():
-            variants[name]["latency_ms"] = latency["median_ms"]
-            variants[name]["latency_p90_ms"] = latency["p90_ms"]
-        teacher_ms = variants["teacher"]["latency_ms"]
-        for v in variants.values():
-            if v.get("latency_ms"):
-                v["speedup_vs_teacher"] = teacher_ms / v["latency_ms"]
-        summary_path = self.out / "augmentation" / "summary.json"
-        results = {
-            "variants": variants,
-            "model_variant": "student_distilled",
-            "metric": "accuracy",
-            "evaluation": {
+        variants, latency = measure(
+            {name: models[name] for name in order}, self.data[self.args.test_split], runs=self.args.latency_runs
+        )
+        variants = {name: asdict(v) for name, v in variants.items()}
+        write_json(self.out / "benchmark" / "variants.json", {"variants": variants, "latency": latency})
+
+    # -------------------------------------------------------------------------------------------------- card
+    def stage_card(self) -> None:
+        """`results.json` (the run's one results file, copied beside the student) and the student's model card."""
+        if not self.is_main:
+            return
+        measured = json.loads((self.out / "benchmark" / "variants.json").read_text())
+        a, folder = self.args, self.out / "student_distilled"
+        student = AutoConfig.from_pretrained(folder)
+        report = folder / REPORT_FILE
+        results = Results(
+            variants=measured["variants"],
+            model_variant="student_distilled",
+            evaluation={
                 # Only a Hub dataset id belongs in the card's `datasets`; built-in or local data is named instead.
-                "dataset_id": None
-                if self.args.dataset == OFFLINE_DATASET_NAME or Path(self.args.dataset).exists()
-                else self.args.dataset,
-                "dataset_name": self.args.dataset,
-                "dataset_config": self.args.dataset_config,
-                "split": self.args.test_split,
-                "examples": len(test),
+                "dataset_id": None if a.dataset == OFFLINE_DATASET_NAME or Path(a.dataset).exists() else a.dataset,
+                "dataset_name": a.dataset,
+                "dataset_config": a.dataset_config,
+                "split": a.test_split,
+                "examples": len(self.data[a.test_split]),
             },
-            "latency": {
-                "batch_size": 1,
-                "sequence_length": 64,
-                "runs": rounds * 20,
-                "threads": torch.get_num_threads(),
-                "cpu": cpu_name(),
-                "method": "interleaved rounds of 20 runs per variant, each after at least 5 runs and 0.25 s of warm-up",
-            },
-            "teacher": self._describe_teacher(),
+            latency=measured["latency"],
+            teacher=self._describe_teacher(),
             # The Hub model this one was made from, for the card's base_model: a Hub student, else a Hub teacher.
-            "base_model": next(
+            base_model=next(
                 (
                     name
-                    for name in (self.args.student, self.args.teacher)
+                    for name in (a.student, a.teacher)
                     if name not in STUDENT_PRESETS and name != PACKAGED_TEACHER and not Path(name).exists()
                 ),
                 None,
             ),
-            "student_base": (
-                f"the {self.args.student} preset built from the teacher: "
-                + str(getattr(sources["student_distilled"][0].config, "trainer_ext_student_init", "its vocabulary"))
-                if self.args.student in STUDENT_PRESETS
-                else self.args.student
+            student_base=(
+                f"the {a.student} preset built from the teacher: "
+                + str(getattr(student, "trainer_ext_student_init", "its vocabulary"))
+                if a.student in STUDENT_PRESETS
+                else a.student
             ),
-            "distillation": {
-                k: getattr(self.recipe.student_training, k)
-                for k in (
-                    "distillation_loss",
-                    "temperature",
-                    "distillation_weight",
-                    "num_train_epochs",
-                    "learning_rate",
-                    "per_device_train_batch_size",
-                )
-            },
-            "augmentation": json.loads(summary_path.read_text()) if summary_path.exists() else None,
-            "quantization": report,
-            "recipe": {"source": self.recipe.source, "profile": self.recipe.profile, "values": self.recipe.raw},
-            "processes": self.num_processes,
-        }
-        _atomic_json(self.out / RESULTS_FILE, results)
-
-    # -------------------------------------------------------------------------------------------------- card
-    def stage_card(self) -> None:
-        if not self.is_main:
-            return
-        results = json.loads((self.out / RESULTS_FILE).read_text())
-        results["stages"] = dict(self.stage_seconds)
-        _atomic_json(self.out / RESULTS_FILE, results)
-        folder = self.out / "student_distilled"
-        shutil.copy2(self.out / RESULTS_FILE, folder / RESULTS_FILE)
+            distillation={k: getattr(self.recipe.student_training, k) for k in DISTILLATION_SETTINGS},
+            augmentation=read_stats(self.out / "augmentation"),
+            quantization=json.loads(report.read_text()) if report.exists() else None,
+            recipe={"source": self.recipe.source, "profile": self.recipe.profile, "values": self.recipe.raw},
+            processes=self.num_processes,
+            stages=dict(self.stage_seconds),  # every stage before this one; the card's own takes well under a second
+        )
+        results.save(self.out)
+        results.save(folder)
         card = asdict(self.recipe.card)
-        card["model_name"] = card["model_name"] or f"{Path(self.args.output_dir).name}-student"
+        card["model_name"] = card["model_name"] or f"{Path(a.output_dir).name}-student"
         write_model_card(folder, results, **card)
 
 

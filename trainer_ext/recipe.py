@@ -39,6 +39,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .arguments import DistillationTrainingArguments
 from .augmentation import AugmentationArguments
+from .cards import CardArguments
 from .quantization import QuantizationArguments
 
 
@@ -105,24 +106,6 @@ class RunArguments:
             raise ValueError(f"student_init must be 'projected' or 'random', got {self.student_init!r}.")
         if self.max_length < 8 or self.latency_runs < 1 or self.student_init_samples < 1:
             raise ValueError("max_length must be >= 8, and latency_runs and student_init_samples >= 1.")
-
-
-@dataclass
-class CardArguments:
-    """Model card metadata (see write_model_card)."""
-
-    model_name: str | None = field(default=None, metadata={"help": "Card title and model-index name."})
-    repo_id: str | None = field(default=None, metadata={"help": "Hub repo id shown in the usage snippets."})
-    license: str | None = field(default=None, metadata={"help": "License id, e.g. apache-2.0."})
-    language: str | None = field(default="en", metadata={"help": "Language code."})
-    dataset_id: str | None = field(default=None, metadata={"help": "Hub id of the evaluation dataset."})
-    dataset_name: str | None = field(default=None, metadata={"help": "Pretty name of the evaluation dataset."})
-    dataset_config: str | None = field(default=None, metadata={"help": "Dataset config, e.g. sst2."})
-    dataset_split: str | None = field(default=None, metadata={"help": "Split the accuracy was measured on."})
-    base_model: str | None = field(default=None, metadata={"help": "Hub id the student was made from."})
-    base_model_relation: str | None = field(default=None, metadata={"help": "finetune, quantized, ..."})
-    tags: list[str] | None = field(default=None, metadata={"help": "Extra tags."})
-    limitations: list[str] | None = field(default=None, metadata={"help": "Extra limitation lines."})
 
 
 @dataclass

@@ -46,7 +46,7 @@ def main(out_dir: str) -> None:
     cache_examples = sum(examples)
     trainer.train()
     rank = trainer.args.process_index
-    projection = trainer.hidden_projection.weight.detach().numpy()
+    projection = trainer.accelerator.unwrap_model(trainer.hidden_projection).weight.detach().numpy()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(
             {

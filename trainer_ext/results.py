@@ -1,0 +1,179 @@
+"""The results of a run: one typed schema (what `results.json` holds and the model card states) and the one function
+that measures a run's variants. `ModelCardCallback`, `trainer-ext run` and `trainer-ext card` all go through it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .benchmark import ClassifierRunner, cpu_name, measure_variants
+from .files import write_json
+
+RESULTS_FILE = "results.json"
+INT8_VARIANT = "student_int8"
+LATENCY_METHOD = "interleaved rounds of up to 20 runs per variant, each after at least 5 runs (and 0.25 s) of warm-up"
+
+
+class ResultsError(ValueError):
+    """Results that cannot be read or stated; the message says what to pass instead."""
+
+
+@dataclass
+class Variant:
+    """One measured form of the model: a row of the card's table. A variant that was not measured has only a note."""
+
+    runtime: str | None = None
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    size_mb: float | None = None
+    parameters: int | None = None
+    eval_examples: int | None = None
+    speedup_vs_teacher: float | None = None
+    note: str | None = None
+
+    @property
+    def measured(self) -> bool:
+        return self.accuracy is not None or self.latency_ms is not None
+
+
+@dataclass
+class Results:
+    """Every number a run measured, and where it came from. `results.json` is `asdict` of this."""
+
+    variants: dict[str, Variant]
+    model_variant: str = "student_distilled"  # the FP32 weights in the output folder
+    metric: str = "accuracy"
+    evaluation: dict[str, Any] = field(
+        default_factory=dict
+    )  # dataset_id, dataset_name, dataset_config, split, examples
+    latency: dict[str, Any] = field(default_factory=dict)  # batch_size, sequence_length, runs, threads, cpu, method
+    teacher: str | None = None
+    student_base: str | None = None
+    base_model: str | None = None  # the Hub model this one was made from, for the card's base_model
+    distillation: dict[str, Any] | None = None
+    augmentation: dict[str, Any] | None = None
+    quantization: dict[str, Any] | None = None  # compression_report.json's content
+    recipe: dict[str, Any] | None = None
+    processes: int | None = None
+    stages: dict[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        self.variants = {k: v if isinstance(v, Variant) else Variant(**(v or {})) for k, v in self.variants.items()}
+        if not self.variants:
+            raise ResultsError("The results have no variants: nothing was measured, so there is nothing to state.")
+        teacher_ms = self.variants.get("teacher", Variant()).latency_ms
+        for variant in self.variants.values():
+            if teacher_ms and variant.latency_ms:
+                variant.speedup_vs_teacher = teacher_ms / variant.latency_ms
+
+    @property
+    def model(self) -> Variant:
+        """The variant whose FP32 weights the folder holds."""
+        if self.model_variant in self.variants:
+            return self.variants[self.model_variant]
+        return next((self.variants[n] for n in ("student_distilled", "student") if n in self.variants), Variant())
+
+    @property
+    def int8(self) -> Variant:
+        return self.variants.get(INT8_VARIANT) or Variant()
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Results:
+        """Results from `results.json`'s content, or from the report `quantize_model` returns."""
+        if "variants" not in values and "chosen" in values and "fp32" in values:
+            return cls.from_compression_report(values)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown or "variants" not in values:
+            raise ResultsError(
+                f"Not a results dict (unknown keys {unknown}, or no 'variants'): pass the content of results.json or "
+                "the report quantize_model returns."
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_compression_report(cls, report: dict[str, Any]) -> Results:
+        """Results of a folder quantized alone (`quantize_model`, `trainer-ext quantize`): the search's FP32 graph
+        and its chosen INT8 graph, both ONNX Runtime, on the search's evaluation set. The teacher was not measured."""
+        fp32, chosen = report["fp32"], report["chosen"]
+
+        def row(measured: dict[str, Any], runtime: str) -> Variant:
+            return Variant(
+                runtime=runtime,
+                accuracy=measured.get("accuracy"),
+                latency_ms=measured["latency"]["median_ms"],
+                size_mb=measured.get("size_mb"),
+            )
+
+        int8 = (
+            row(chosen, "ONNX Runtime INT8")
+            if chosen["name"] != "fp32"
+            else Variant(note=chosen.get("reason", "quantization kept FP32"))
+        )
+        args = report.get("args", {})
+        return cls(
+            variants={"student": row(fp32, "ONNX Runtime FP32"), "teacher": Variant(), INT8_VARIANT: int8},
+            model_variant="student",
+            evaluation={"examples": report.get("eval_examples")},
+            latency={
+                "batch_size": 1,
+                "sequence_length": args.get("sequence_length"),
+                "runs": args.get("latency_runs"),
+                "threads": report.get("onnx_threads"),
+            },
+            quantization=report,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        return write_json(Path(folder) / RESULTS_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> Results:
+        """`results.json` of a folder, or what its `compression_report.json` alone supports."""
+        from .quantization import REPORT_FILE
+
+        folder = Path(folder)
+        for name in (RESULTS_FILE, REPORT_FILE):
+            if (folder / name).exists():
+                return cls.from_dict(json.loads((folder / name).read_text()))
+        raise ResultsError(
+            f"{folder} has neither {RESULTS_FILE} nor {REPORT_FILE}: a card only states measured numbers. Train with "
+            "ModelCardCallback / QuantizationCallback, run `trainer-ext quantize`, or pass the results."
+        )
+
+
+def measure(
+    models: dict[str, ClassifierRunner | str],
+    eval_dataset: Any = None,
+    *,
+    runs: int = 100,
+    sequence_length: int = 64,
+) -> tuple[dict[str, Variant], dict[str, Any]]:
+    """Measure a run's variants in one interleaved group; a string instead of a runner is a note saying why that
+    variant was not measured. Returns the variants (in the given order) and the latency settings they share."""
+    runners = {name: m for name, m in models.items() if isinstance(m, ClassifierRunner)}
+    measured = measure_variants(runners, eval_dataset, runs=runs, sequence_length=sequence_length)
+    variants = {name: Variant(**measured[name]) if name in measured else Variant(note=m) for name, m in models.items()}
+    per_round = min(20, runs)
+    latency = {
+        "batch_size": 1,
+        "sequence_length": sequence_length,
+        "runs": max(1, runs // per_round) * per_round,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "method": LATENCY_METHOD,
+    }
+    return variants, latency
+
+
+__all__ = ["INT8_VARIANT", "RESULTS_FILE", "Results", "ResultsError", "Variant", "measure"]
