@@ -661,7 +661,7 @@ def _merge_process_shares(
     """One process's kept samples and statistics, or several processes' combined without cross-process duplicates
     (processes sample independently, so two can keep the same sentence)."""
     if len(parts) == 1:
-        return parts[0], stats[0]
+        return parts[0], {**stats[0], "processes": 1}
     seen: set[str] = set()
     kept = []
     for text, label in (sample for part in parts for sample in part):

@@ -7,16 +7,20 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
+
+from .distributed import process_state
+from .files import write_atomic, write_json
 
 logger = logging.get_logger(__name__)
 
@@ -87,18 +91,10 @@ class TeacherLogitsCache:
         return logits
 
     def save(self, key: str, logits: np.ndarray, metadata: dict[str, Any] | None = None) -> Path:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        path = self.path(key)
-        # Write to a temporary file in the same folder, then rename: a reader never sees a half-written cache.
-        with tempfile.NamedTemporaryFile(dir=self.cache_dir, suffix=".npy.tmp", delete=False) as handle:
-            np.save(handle, logits)
-            tmp_name = handle.name
-        os.replace(tmp_name, path)
+        # Written atomically: a reader never sees a half-written cache.
+        path = write_atomic(self.path(key), partial(np.save, arr=logits))
         if metadata is not None:
-            meta_path = path.with_suffix(".json")
-            tmp_meta = meta_path.with_suffix(".json.tmp")
-            tmp_meta.write_text(json.dumps(metadata, indent=2, sort_keys=True))
-            os.replace(tmp_meta, meta_path)
+            write_json(path.with_suffix(".json"), metadata)
         return path
 
 
@@ -168,11 +164,7 @@ def compute_teacher_logits(
     processes return the same full array. With `cache_dir`, the array is stored under a key made of the dataset
     fingerprint, a hash of the teacher's weights and these settings, and reused when the key matches.
     """
-    # torch.distributed directly, not accelerate's shared PartialState: every TrainingArguments resets and rebuilds
-    # that shared state, and on CPU a `PartialState()` built at the wrong moment sees a single process.
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    rank = torch.distributed.get_rank() if distributed else 0
-    world = torch.distributed.get_world_size() if distributed else 1
+    state = process_state()
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
     num_rows = len(dataset)
     num_labels = teacher.config.num_labels
@@ -232,32 +224,25 @@ def compute_teacher_logits(
 
     # Contiguous, ordered shares (the first `num_rows % world` ranks take one more), so concatenating the gathered
     # shares by rank restores row order.
-    base, extra = divmod(num_rows, world)
-    start = rank * base + min(rank, extra)
-    my_indices = list(range(start, start + base + (1 if rank < extra else 0)))
-    mine = _run_teacher(
-        teacher,
-        source,
-        my_indices,
-        batch_size=batch_size,
-        device=device,
-        collate=collate_fn,
-        lengths=lengths,
-        input_names=forward_input_names(teacher, teacher_tokenizer),
-        show_progress=rank == 0,
-    )
-    if world > 1:
-        shares: list[Any] = [None] * world
-        torch.distributed.all_gather_object(shares, mine)
-        logits = np.concatenate(shares, axis=0)
-    else:
-        logits = mine
+    with state.split_between_processes(list(range(num_rows))) as my_indices:
+        mine = _run_teacher(
+            teacher,
+            source,
+            my_indices,
+            batch_size=batch_size,
+            device=device,
+            collate=collate_fn,
+            lengths=lengths,
+            input_names=forward_input_names(teacher, teacher_tokenizer),
+            show_progress=state.is_main_process,
+        )
+    # Each process's share as one object, so the gathered list holds one array per process, in rank order.
+    logits = np.concatenate(gather_object([mine]), axis=0)
     if logits.shape != (num_rows, num_labels):
         raise RuntimeError(f"Gathered teacher logits have shape {logits.shape}, expected {(num_rows, num_labels)}.")
     if cache is not None and key is not None:
-        if rank == 0:
+        if state.is_main_process:
             path = cache.save(key, logits, metadata={"rows": num_rows, "num_labels": num_labels, **settings})
             logger.info(f"Cached teacher logits at {path}.")
-        if world > 1:
-            torch.distributed.barrier()
+        state.wait_for_everyone()
     return logits
