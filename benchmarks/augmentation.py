@@ -4,7 +4,8 @@
    one-prompt `pipeline("text-generation")` calls (the reference implementation's way), same model and settings.
 2. quality: the packaged SmolLM2 fine-tuned on "label<TAB>text" lines, >= 2,000 kept sentences relabelled by the
    fine-tuned MiniLM teacher; agreement with the prompt label; ten samples per label.
-3. effect: the same student distilled with and without the augmented sentences, accuracy on the test split.
+3. effect: the same student distilled with and without the augmented sentences, accuracy on the test split (the
+   student and its training settings are the offline recipe's, demo profile).
 
     python benchmarks/augmentation.py --teacher outputs/demo/teacher [--num-samples 2000]
 
@@ -25,7 +26,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    pipeline,
+)
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from trainer_ext.assets import smollm2_gguf_path  # noqa: E402
@@ -34,10 +40,15 @@ from trainer_ext.augmentation import (  # noqa: E402
     TextGenerationAugmenter,
     clean_generation,
     load_generator,
+    merge_with_original,
 )
+from trainer_ext.benchmark import ClassifierRunner, accuracy  # noqa: E402
 from trainer_ext.data import load_offline_rotten_tomatoes  # noqa: E402
-from trainer_ext.demo import DemoConfig, _tokenize, evaluate_accuracy, train_student  # noqa: E402
-from trainer_ext.students import build_student  # noqa: E402
+from trainer_ext.recipe import load_recipe  # noqa: E402
+from trainer_ext.students import build_student, calibration_batches  # noqa: E402
+from trainer_ext.trainer import DistillationTrainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def throughput(model, tokenizer, args: AugmentationArguments, label_names: list[str], n_loop: int, n_batched: int):
@@ -85,8 +96,6 @@ def main() -> None:
     parser.add_argument("--throughput-batch-size", type=int, default=48, help="batch of the batched side")
     parser.add_argument("--skip-effect", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--distillation-loss", default="kl")
-    parser.add_argument("--distillation-weight", type=float, default=0.5)
     parser.add_argument("--loop-prompts", type=int, default=8)
     parser.add_argument("--batched-prompts", type=int, default=96)
     cli = parser.parse_args()
@@ -162,35 +171,49 @@ def main() -> None:
 
     if not cli.skip_effect:
         del augmenter, model
-        config = DemoConfig(
-            output_dir=str(out / f"effect_{cli.distillation_loss}_{cli.distillation_weight}"),
-            distillation_loss=cli.distillation_loss,
-            distillation_weight=cli.distillation_weight,
+        # The student, its initialisation and its training settings are the offline recipe's (demo profile).
+        recipe = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="demo")
+        original, test = data["train"], data["test"]
+        with_generated = merge_with_original(original, generated.remove_columns("teacher_logits"))
+        texts = original["text"][: recipe.run.student_init_samples]
+        initial = build_student(
+            teacher,
+            preset=recipe.run.student,
+            seed=recipe.run.seed,
+            calibration_inputs=calibration_batches(teacher_tokenizer, texts, max_length=recipe.run.max_length),
         )
-        tokenized = _tokenize(data, teacher_tokenizer, config.max_length)
-        gen_tok = generated.map(lambda b: teacher_tokenizer(b["text"], truncation=True, max_length=64), batched=True)
-        gen_tok = gen_tok.select_columns(tokenized["train"].column_names).cast(tokenized["train"].features)
-        from datasets import concatenate_datasets
-
-        with_aug = copy.copy(tokenized)
-        with_aug["train"] = concatenate_datasets([tokenized["train"], gen_tok])
-        initial = build_student(teacher, preset=config.student_preset, seed=config.seed)
         rows = {}
-        for name, dataset in (("distilled, original data", tokenized), ("distilled, original + generated", with_aug)):
+        for name, train in (
+            ("distilled, original data", original),
+            ("distilled, original + generated", with_generated),
+        ):
             student = copy.deepcopy(initial)
-            seconds = train_student(
-                config, student, dataset, teacher_tokenizer, Path(config.output_dir) / name, teacher=teacher
+            args = dataclasses.replace(recipe.student_training, output_dir=str(out / "effect" / name))
+            tokenized = train.map(
+                lambda b: teacher_tokenizer(b["text"], truncation=True, max_length=recipe.run.max_length), batched=True
             )
+            start = time.perf_counter()
+            DistillationTrainer(
+                model=student,
+                args=args,
+                train_dataset=tokenized,
+                processing_class=teacher_tokenizer,
+                data_collator=DataCollatorWithPadding(teacher_tokenizer),
+                teacher_model=teacher,
+            ).train()
+            logits = ClassifierRunner(student, teacher_tokenizer).logits(list(test["text"]))
             rows[name] = {
-                "accuracy": evaluate_accuracy(student, tokenized["test"], teacher_tokenizer),
-                "train_examples": len(dataset["train"]),
-                "train_seconds": seconds,
+                "accuracy": accuracy(logits, test["label"]),
+                "train_examples": len(train),
+                "train_seconds": time.perf_counter() - start,
             }
-        rows["teacher"] = {"accuracy": evaluate_accuracy(teacher, tokenized["test"], teacher_tokenizer)}
+        teacher_logits = ClassifierRunner(teacher, teacher_tokenizer).logits(list(test["text"]))
+        rows["teacher"] = {"accuracy": accuracy(teacher_logits, test["label"])}
         results["effect"] = rows
+        t = recipe.student_training
         print(
-            f"\n== effect (BERT-Mini-shaped student, {config.distillation_loss} loss, distillation_weight "
-            f"{config.distillation_weight}, T={config.temperature}, {config.student_epochs:g} epochs; test split) =="
+            f"\n== effect ({recipe.run.student} student, {t.distillation_loss} loss, distillation_weight "
+            f"{t.distillation_weight}, T={t.temperature}, {t.num_train_epochs:g} epochs; test split) =="
         )
         for name, row in rows.items():
             print(

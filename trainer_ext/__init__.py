@@ -4,10 +4,16 @@ __version__ = "0.1.0.dev0"
 
 from .arguments import DistillationTrainingArguments
 from .assets import MissingAssetError, minilm_teacher_path, rotten_tomatoes_corpus_path, smollm2_gguf_path
-from .augmentation import AugmentationArguments, AugmentationError, TextGenerationAugmenter, merge_with_original
-from .benchmark import measure_classifier
+from .augmentation import (
+    AugmentationArguments,
+    AugmentationError,
+    TextGenerationAugmenter,
+    augment_training_data,
+    merge_with_original,
+)
+from .benchmark import ClassifierRunner, measure_classifier, measure_variants
 from .callbacks import ModelCardCallback, QuantizationCallback
-from .cards import ModelCardError, write_model_card
+from .cards import CardArguments, ModelCardError, write_model_card
 from .data import (
     OFFLINE_DATASET_NAME,
     DataValidationError,
@@ -22,6 +28,8 @@ from .losses import (
     soft_cross_entropy_loss,
 )
 from .quantization import QuantizationArguments, QuantizationError, quantize_model
+from .recipe import Recipe, load_recipe
+from .results import Results, ResultsError, Variant
 from .students import STUDENT_PRESETS, build_student, count_parameters
 from .teacher import TeacherLogitsCache, compute_teacher_logits
 from .trainer import DistillationError, DistillationTrainer
@@ -30,7 +38,10 @@ __all__ = [
     "__version__",
     "AugmentationArguments",
     "AugmentationError",
+    "CardArguments",
+    "ClassifierRunner",
     "TextGenerationAugmenter",
+    "augment_training_data",
     "merge_with_original",
     "DistillationError",
     "DistillationTrainer",
@@ -43,6 +54,10 @@ __all__ = [
     "QuantizationArguments",
     "QuantizationCallback",
     "QuantizationError",
+    "Recipe",
+    "Results",
+    "ResultsError",
+    "Variant",
     "STUDENT_PRESETS",
     "TeacherLogitsCache",
     "build_student",
@@ -52,7 +67,9 @@ __all__ = [
     "hidden_state_mse_loss",
     "kl_divergence_loss",
     "load_text_classification_dataset",
+    "load_recipe",
     "measure_classifier",
+    "measure_variants",
     "minilm_teacher_path",
     "quantize_model",
     "rotten_tomatoes_corpus_path",

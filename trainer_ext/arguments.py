@@ -104,7 +104,7 @@ class DistillationTrainingArguments(TrainingArguments):
     )
     teacher_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Where cached teacher logits are stored. Default: <output_dir>/teacher_logits."},
+        metadata={"help": "Where cached teacher logits are stored. Default: <output_dir>/_teacher_logits."},
     )
 
     def __post_init__(self) -> None:

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
+
+
+def _parse(argv: list[str], types: tuple[type, ...], prog: str, positional: str | None = None) -> tuple[Any, ...]:
+    """The command's dataclasses from its flags (`HfArgumentParser`, the same parser as recipes'); `positional`
+    names the field a leading bare argument fills (`trainer-ext quantize MODEL_DIR`). Bad flags exit 2."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(types, prog=prog)
+    if positional and argv and not argv[0].startswith("-"):
+        argv = [f"--{positional}", *argv]
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}")
+    return tuple(parsed)
 
 
 def _augment(argv: list[str]) -> int:
     from dataclasses import dataclass, field
 
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from .augmentation import AugmentationArguments, TextGenerationAugmenter, merge_with_original
@@ -26,12 +41,11 @@ def _augment(argv: list[str]) -> int:
         max_train_samples: int | None = field(default=None, metadata={"help": "Subsample the training data."})
         include_original: bool = field(default=False, metadata={"help": "Save original + generated together."})
 
-    parser = HfArgumentParser((AugmentInputs, AugmentationArguments), prog="trainer-ext augment")
-    inputs, aug, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognised arguments {unknown}")
+    inputs, aug = _parse(argv, (AugmentInputs, AugmentationArguments), "trainer-ext augment")
     if not aug.output_dir:
-        parser.error("--output_dir is required: generated shards, statistics and the dataset are written there")
+        return _user_error(
+            "augment", "--output_dir is required: generated shards, statistics and the dataset go there"
+        )
     hf_logging.set_verbosity_warning()
     data = load_text_classification_dataset(inputs.train_data, max_train_samples=inputs.max_train_samples)
     teacher = teacher_tokenizer = None
@@ -59,7 +73,7 @@ def _augment(argv: list[str]) -> int:
 def _quantize(argv: list[str]) -> int:
     from dataclasses import dataclass, field
 
-    from transformers import AutoTokenizer, HfArgumentParser
+    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from .data import load_text_classification_dataset
@@ -75,18 +89,16 @@ def _quantize(argv: list[str]) -> int:
         eval_split: str = field(default="validation", metadata={"help": "Split the search measures its metric on."})
         output_dir: str | None = field(default=None, metadata={"help": "Where onnx/ and the report go (required)."})
 
-    parser = HfArgumentParser((QuantizeInputs, QuantizationArguments), prog="trainer-ext quantize MODEL_DIR")
-    if argv and not argv[0].startswith("-"):
-        argv = ["--model_dir", *argv]  # MODEL_DIR is positional on the command line
-    inputs, qargs, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognised arguments {unknown}")
+    types = (QuantizeInputs, QuantizationArguments)
+    inputs, qargs = _parse(argv, types, "trainer-ext quantize MODEL_DIR", positional="model_dir")
     if not inputs.output_dir:
-        parser.error("--output_dir is required")
+        return _user_error("quantize", "--output_dir is required: onnx/ and compression_report.json go there")
     hf_logging.set_verbosity_warning()
     data = load_text_classification_dataset(inputs.eval_data)
     if inputs.eval_split not in data:
-        parser.error(f"--eval_split {inputs.eval_split!r} not in the data's splits {list(data)}")
+        return _user_error(
+            "quantize", f"--eval_split {inputs.eval_split!r} is not one of the data's splits {list(data)}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(inputs.model_dir)
     report = quantize_model(
         inputs.model_dir,
@@ -114,20 +126,13 @@ def _quantize(argv: list[str]) -> int:
 def _card(argv: list[str]) -> int:
     from dataclasses import asdict, dataclass, field
 
-    from transformers import HfArgumentParser
-
     from .cards import CardArguments, write_model_card
 
     @dataclass
     class CardFolder:
         output_dir: str = field(metadata={"help": "Folder with results.json or compression_report.json."})
 
-    parser = HfArgumentParser((CardFolder, CardArguments), prog="trainer-ext card OUTPUT_DIR")
-    if argv and not argv[0].startswith("-"):
-        argv = ["--output_dir", *argv]
-    folder, card_args, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognised arguments {unknown}")
+    folder, card_args = _parse(argv, (CardFolder, CardArguments), "trainer-ext card OUTPUT_DIR", "output_dir")
     output_dir, fields = folder.output_dir, asdict(card_args)
     card = write_model_card(output_dir, **fields)
     print(f"wrote {output_dir}/README.md ({len(card.data.eval_results or [])} model-index results)")
@@ -150,8 +155,7 @@ def _run(argv: list[str]) -> int:
         )
         return 0
     if not argv or argv[0].startswith("--"):
-        print("trainer-ext run: error: give a recipe file, e.g. recipes/rotten_tomatoes_offline.yaml", file=sys.stderr)
-        return 2
+        return _user_error("run", "give a recipe file, e.g. recipes/rotten_tomatoes_offline.yaml")
     try:
         overrides, profile = parse_overrides(argv[1:])
         recipe = load_recipe(argv[0], overrides, profile)
@@ -159,8 +163,7 @@ def _run(argv: list[str]) -> int:
         pipeline = Pipeline(recipe)
         results = pipeline.run()
     except (RecipeError, PipelineError) as err:  # a user error: the message says what to do, no traceback
-        print(f"trainer-ext run: error: {err}", file=sys.stderr)
-        return 2
+        return _user_error("run", str(err))
     if pipeline.is_main:
         print()
         print(f"{recipe.run.dataset}, {recipe.run.test_split} split; latency at batch 1, length 64 (interleaved)")
@@ -199,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     if command not in _COMMANDS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(sorted(_COMMANDS))}")
     return {"augment": _augment, "quantize": _quantize, "card": _card, "run": _run}[command](rest)
+
+
+def _user_error(command: str, message: str) -> int:
+    print(f"trainer-ext {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def _version() -> str:

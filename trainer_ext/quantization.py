@@ -97,7 +97,7 @@ class QuantizationArguments:
         default_factory=lambda: [0, 1, 2],
         metadata={
             "help": "ORTOptimizer levels to measure for the FP32 ONNX model (0 = as exported); the fastest is kept. "
-            "INT8 candidates are quantized from the exported graph: ONNX Runtime 1.32 cannot quantize fused graphs."
+            "Dynamic INT8 candidates are built from the exported graph and from each optimised one."
         },
     )
     require_speedup: bool = field(
