@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -15,7 +16,14 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import ClassLabel, Dataset, Features, Value  # noqa: E402
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    PreTrainedTokenizerFast,
+    TrainingArguments,
+)
+
+from trainer_ext import DistillationTrainingArguments  # noqa: E402
 
 POSITIVE = ["great", "wonderful", "moving", "funny", "brilliant", "charming", "fresh", "smart"]
 NEGATIVE = ["dull", "awful", "boring", "messy", "stupid", "tired", "bland", "lazy"]
@@ -118,23 +126,34 @@ def make_dataset(tokenizer: PreTrainedTokenizerFast, n: int = 64, seed: int = 0,
     return dataset.map(lambda b: tokenizer(b["text"], truncation=True, max_length=32), batched=True)
 
 
-def args_for(tmp_path, cls=None, **kwargs):
-    """Tiny-run training arguments (no saving, no reporting, no pin memory); `kwargs` override them."""
-    from trainer_ext import DistillationTrainingArguments
+@dataclass
+class _TinyRun:
+    """Defaults of a tiny test run, redeclared over TrainingArguments' (as the recipe's stage defaults are)."""
 
-    cls = cls or DistillationTrainingArguments
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        per_device_eval_batch_size=16,
-        num_train_epochs=2,
-        learning_rate=5e-3,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-    )
-    defaults.update(kwargs)
-    return cls(**defaults)
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 16
+    num_train_epochs: float = 2
+    learning_rate: float = 5e-3
+    report_to: str | None = "none"
+    logging_steps: float = 1
+    save_strategy: str = "no"
+    seed: int = 0
+    disable_tqdm: bool | None = True
+    dataloader_pin_memory: bool = False
+
+
+@dataclass
+class TinyTrainingArguments(_TinyRun, TrainingArguments):
+    pass
+
+
+@dataclass
+class TinyDistillationArguments(_TinyRun, DistillationTrainingArguments):
+    pass
+
+
+def args_for(tmp_path, cls=None, **kwargs):
+    """Tiny-run training arguments (no saving, no reporting, no pin memory); `kwargs` override them. `cls` is
+    `TrainingArguments` for a plain Trainer's, else they are `DistillationTrainingArguments`."""
+    tiny = TinyTrainingArguments if cls is TrainingArguments else TinyDistillationArguments
+    return tiny(**{"output_dir": str(tmp_path / "out"), **kwargs})

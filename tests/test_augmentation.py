@@ -304,8 +304,8 @@ def test_augment_command(tmp_path, corpus, gen_tokenizer, capsys):
     saved = load_from_disk(str(tmp_path / "out" / "augmented"))
     assert list(saved["source"]).count("generated") == 12
     assert "kept 12" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["augment", "--train_data", str(csv)])  # no --output_dir
+    assert main(["augment", "--train_data", str(csv)]) == 2  # no --output_dir: one line, before any work
+    assert "trainer-ext augment: error: --output_dir is required" in capsys.readouterr().err
 
 
 @pytest.mark.slow
