@@ -234,6 +234,19 @@ def test_interrupted_stage_is_redone_on_resume(tmp_path):
     assert second.stage_status["augmentation"].startswith("skipped")
 
 
+def test_the_teacher_stage_is_reproducible(tmp_path):
+    """The new classification head is seeded: two runs of the teacher stage give the same weights."""
+    assets = write_assets(tmp_path)
+    heads = []
+    for run in ("a", "b"):
+        pipeline = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, output_dir=str(tmp_path / run))), lambda _m: 0)
+        torch.manual_seed(len(heads))  # whatever the global generator's state, the stage starts from the run's seed
+        pipeline.data = pipeline.stage_data()
+        pipeline.stage_teacher()
+        heads.append(AutoModelForSequenceClassification.from_pretrained(tmp_path / run / "teacher").classifier.weight)
+    assert torch.equal(heads[0], heads[1])
+
+
 def test_teacher_is_fine_tuned_only_when_not_yet_a_classifier_for_the_labels(tmp_path, tokenizer):
     pipeline = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), progress=print)
     classifier = make_bert(tokenizer, seed=1)  # id2label neg/pos

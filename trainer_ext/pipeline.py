@@ -46,6 +46,7 @@ from transformers import (
     PreTrainedModel,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 from transformers.utils import logging
 
@@ -275,6 +276,7 @@ class Pipeline:
         if not self._needs_fine_tuning(source, names):
             teacher = AutoModelForSequenceClassification.from_pretrained(source, id2label=id2label, label2id=label2id)
         else:
+            set_seed(self.args.seed)  # the new classification head's initialisation, so a re-run is the same run
             teacher = AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=len(names), id2label=id2label, label2id=label2id
             )
