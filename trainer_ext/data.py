@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers.utils import logging
 
-from trainer_ext.assets import rotten_tomatoes_corpus_path
+from trainer_ext.assets import movie_reviews_path, rotten_tomatoes_corpus_path
 
 logger = logging.get_logger(__name__)
 
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 OFFLINE_DATASET_NAME = "rotten_tomatoes_offline"
+OFFLINE_UNLABELED_NAME = "imdb_reviews_offline"  # the packaged IMDB reviews, unlabelled in-domain text
 SPLITS = ("train", "validation", "test")
 TEXT_ALIASES = ("sentence", "review", "content")
 LABEL_ALIASES = ("labels", "target", "category")
@@ -159,6 +160,33 @@ def load_offline_rotten_tomatoes(seed: int = 42) -> DatasetDict:
             {"text": texts[rows].tolist(), "label": labels[rows].tolist()}, features=features, split=split
         )
     return dataset
+
+
+def load_unlabeled_texts(name_or_path: str, text_column: str = "text") -> list[str]:
+    """Unlabelled texts from `"imdb_reviews_offline"` (the packaged IMDB reviews; the package's Rotten Tomatoes rows
+    are never read: our splits are made of those sentences), a local file or folder, or a Hub id (its train split).
+
+    Raises `DataValidationError` for a source without `text_column`, with a non-text column, or with no text.
+    """
+    if name_or_path == OFFLINE_UNLABELED_NAME:
+        frame = pd.read_csv(movie_reviews_path(), usecols=["text", "source"])
+        texts = frame.loc[frame["source"] == "imdb", "text"].dropna().astype(str).tolist()
+    else:
+        raw = _load_path_or_hub(str(name_or_path), None, None)
+        split = raw["train"] if "train" in raw else next(iter(raw.values()))
+        if text_column not in split.column_names:
+            raise DataValidationError(
+                f"The unlabelled text source {name_or_path!r} has no column {text_column!r} (it has "
+                f"{split.column_names}); set augmentation.unlabeled_text_column."
+            )
+        if split.features[text_column].dtype not in ("string", "large_string"):
+            raise DataValidationError(
+                f"Column {text_column!r} of {name_or_path!r} holds {split.features[text_column].dtype}, not text."
+            )
+        texts = [t for t in split[text_column] if t]
+    if not texts:
+        raise DataValidationError(f"The unlabelled text source {name_or_path!r} holds no text.")
+    return texts
 
 
 def validate_text_classification_dataset(

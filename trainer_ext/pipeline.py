@@ -54,7 +54,14 @@ from .assets import PACKAGED_SOURCES, PackagedAssetError, packaged_source
 from .augmentation import TextGenerationAugmenter, merge_with_original, read_stats
 from .benchmark import ClassifierRunner
 from .cards import DISTILLATION_SETTINGS, write_model_card
-from .data import OFFLINE_DATASET_NAME, id2label_label2id, label_names, load_text_classification_dataset
+from .data import (
+    OFFLINE_DATASET_NAME,
+    DataValidationError,
+    id2label_label2id,
+    label_names,
+    load_text_classification_dataset,
+    load_unlabeled_texts,
+)
 from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
@@ -136,6 +143,12 @@ class Pipeline:
         self._resolve_teacher_source()
         if self.args.augment:
             self._resolve_generator_source()
+            aug = self.recipe.augmentation
+            if aug.unlabeled_texts:  # read once now: a missing, empty or non-text source fails before any training
+                try:
+                    load_unlabeled_texts(aug.unlabeled_texts, aug.unlabeled_text_column)
+                except (DataValidationError, OSError, ValueError) as err:
+                    raise PipelineError(f"augmentation.unlabeled_texts: {err}") from err
 
     def run(self) -> dict[str, Any]:
         self.check()
