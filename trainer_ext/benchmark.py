@@ -162,10 +162,16 @@ def fixed_length_latency(
 ) -> dict[str, dict[str, float]]:
     """`interleaved_latency` of each runner's `fixed_length_call(text, sequence_length)`: `runs` timed calls each, in
     rounds of up to 20. Short runs (under 50 calls, as in tests) skip the time-based warm-up."""
-    per_round = min(20, runs)
+    rounds, per_round = latency_rounds(runs)
     calls = {name: runner.fixed_length_call(text, sequence_length) for name, runner in runners.items()}
     warmup_s = 0.25 if runs >= 50 else 0.0
-    return interleaved_latency(calls, rounds=max(1, runs // per_round), runs_per_round=per_round, warmup_s=warmup_s)
+    return interleaved_latency(calls, rounds=rounds, runs_per_round=per_round, warmup_s=warmup_s)
+
+
+def latency_rounds(runs: int) -> tuple[int, int]:
+    """`(rounds, runs per round)` for about `runs` timed calls: rounds of up to 20 (the timed count is their product)."""
+    per_round = min(20, runs)
+    return max(1, runs // per_round), per_round
 
 
 def measure_variants(

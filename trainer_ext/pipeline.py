@@ -460,14 +460,14 @@ class Pipeline:
             return
         teacher, teacher_tokenizer = self._teacher()
         models: dict[str, ClassifierRunner | str] = {"teacher": ClassifierRunner(teacher, teacher_tokenizer)}
-        int8_folders = {"teacher_int8": ("teacher_int8", "teacher")}
         for name in ("student_no_distillation", "student_distilled"):
             path = self.out / name
             if not (path / "config.json").exists():
                 raise PipelineError(f"{path} is missing; delete its stage marker to retrain it.")
             model = AutoModelForSequenceClassification.from_pretrained(path)
             models[name] = ClassifierRunner(model, AutoTokenizer.from_pretrained(path))
-        int8_folders[INT8_VARIANT] = ("student_distilled", "student_distilled")
+        # INT8 variant: (its folder, the PyTorch variant whose tokenizer and parameter count it shares)
+        int8_folders = {"teacher_int8": ("teacher_int8", "teacher"), INT8_VARIANT: ("student_distilled",) * 2}
         for name, (folder, base) in int8_folders.items():
             int8, report = self.out / folder / ONNX_SUBFOLDER / INT8_FILE, self.out / folder / REPORT_FILE
             if int8.exists():

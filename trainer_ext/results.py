@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .benchmark import ClassifierRunner, cpu_name, measure_variants
+from .benchmark import ClassifierRunner, cpu_name, latency_rounds, measure_variants
 from .files import write_json
 
 RESULTS_FILE = "results.json"
@@ -164,11 +164,11 @@ def measure(
     runners = {name: m for name, m in models.items() if isinstance(m, ClassifierRunner)}
     measured = measure_variants(runners, eval_dataset, runs=runs, sequence_length=sequence_length)
     variants = {name: Variant(**measured[name]) if name in measured else Variant(note=m) for name, m in models.items()}
-    per_round = min(20, runs)
+    rounds, per_round = latency_rounds(runs)
     latency = {
         "batch_size": 1,
         "sequence_length": sequence_length,
-        "runs": max(1, runs // per_round) * per_round,
+        "runs": rounds * per_round,
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
         "method": LATENCY_METHOD,
