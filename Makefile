@@ -28,7 +28,7 @@ run-quick: $(STAMP)
 	$(BIN)/trainer-ext run recipes/rotten_tomatoes_offline.yaml --profile quick $(ARGS)
 
 demo: $(STAMP)
-	$(BIN)/trainer-ext run recipes/rotten_tomatoes_offline.yaml --profile demo $(ARGS)
+	$(BIN)/trainer-ext run recipes/rotten_tomatoes_minilm.yaml --profile demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

@@ -172,7 +172,7 @@ def main() -> None:
     if not cli.skip_effect:
         del augmenter, model
         # The student, its initialisation and its training settings are the offline recipe's (demo profile).
-        recipe = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="demo")
+        recipe = load_recipe(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml", profile="demo")
         original, test = data["train"], data["test"]
         with_generated = merge_with_original(original, generated.remove_columns("teacher_logits"))
         texts = original["text"][: recipe.run.student_init_samples]

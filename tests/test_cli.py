@@ -30,7 +30,7 @@ def test_cli_rejects_unknown_commands_and_flags(capsys):
 
 
 def test_demo_is_a_profile_of_the_offline_recipe():
-    demo = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="demo")
+    demo = load_recipe(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml", profile="demo")
     assert not demo.run.augment and demo.teacher_training.num_train_epochs == 1
     assert demo.run.student == "bert-mini" and demo.student_training.distillation_loss == "kl"
 
@@ -42,7 +42,7 @@ def test_demo_profile_end_to_end_on_a_small_subset(tmp_path):
         "run": {"output_dir": str(tmp_path / "demo"), "max_train_samples": "96", "latency_runs": "5"},
         "student_training": {"num_train_epochs": "1"},
     }
-    recipe = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", overrides, profile="demo")
+    recipe = load_recipe(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml", overrides, profile="demo")
     results = Pipeline(recipe, progress=lambda _m: None).run()
     variants = results["variants"]
     assert {"teacher", "student_no_distillation", "student_distilled"} <= set(variants)

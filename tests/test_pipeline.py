@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from conftest import free_port, make_bert, make_sentences, train_wordpiece_tokenizer
+from datasets import load_from_disk
 from huggingface_hub import ModelCard
 from test_augmentation import byte_level_tokenizer, tiny_gpt2
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -109,6 +110,7 @@ def test_every_stage_runs_and_results_hold_every_variant(finished_run):
         "teacher",
         "teacher_int8",
         "student_no_distillation",
+        "student_distilled_original",
         "student_distilled",
         "student_int8",
     ]
@@ -139,12 +141,49 @@ def test_every_stage_runs_and_results_hold_every_variant(finished_run):
     augmentation = read_stats(out / "augmentation")
     assert augmentation == results["augmentation"]
     assert augmentation["kept"] > 0 and augmentation["processes"] == 1
+    # The ablation: one student distilled on the original sentences, one on original + transfer set. The teacher's
+    # logits of the original sentences are the same in both, and the transfer set keeps the logits the teacher gave it
+    # when labelling it (it is not run on them twice).
+    original = load_from_disk(str(out / "distillation_data" / "original"))
+    transfer = load_from_disk(str(out / "distillation_data" / "transfer"))
+    assert len(original) == 160 and len(transfer) == 160 + augmentation["final"]
+    assert (
+        transfer.filter(lambda s: s == "original", input_columns="source")["teacher_logits"]
+        == original["teacher_logits"]
+    )
+    generated = load_from_disk(str(out / "augmentation" / "augmented"))
+    assert transfer.select(range(160, len(transfer)))["teacher_logits"] == generated["teacher_logits"]
+    # The precision of every stage that trains or runs a model, chosen on this machine and recorded.
+    assert set(results["precision"]) == {"teacher_fine_tuning", "student_training", "teacher_logits", "generator"}
+    assert all(p["precision"] in ("fp32", "bf16") and p["reason"] for p in results["precision"].values())
     folder = out / "student_distilled"
     assert (folder / "onnx" / "model_quantized.onnx").exists() and (folder / "compression_report.json").exists()
     card = ModelCard.load(folder / "README.md")
     expected = [results["variants"][k]["accuracy"] for k in ("student_distilled", "student_int8")]
     assert [r.metric_value for r in card.data.eval_results] == expected
     assert json.loads((folder / "results.json").read_text())["variants"] == results["variants"]
+
+
+def test_ablation_seeds_benchmark_retrains_the_student_rows_from_the_saved_inputs(finished_run, tmp_path):
+    """benchmarks/ablation_seeds.py: every student row per seed from the run's saved splits, initial student and
+    teacher logits (no teacher needed), with mean and standard deviation over the seeds."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ablation_seeds
+
+    root, _, _, results = finished_run
+    report = tmp_path / "ablation.json"
+    rows = ["no_distillation", "distilled_original", "distilled_transfer", "distilled_generated"]
+    assert ablation_seeds.main([str(root / "out"), "--seeds", "3", "4", "--rows", *rows, "--json", str(report)]) == 0
+    summary = json.loads(report.read_text())["summary"]
+    generated = results["augmentation"]["final"]
+    assert [summary[r]["train_rows"] for r in rows] == [160, 160, 160 + generated, 160 + generated]
+    for row in rows:
+        per_seed = summary[row]["test"]["per_seed"]
+        assert len(per_seed) == 2 and all(0 <= a <= 1 for a in per_seed)
+        assert summary[row]["test"]["mean"] == pytest.approx(np.mean(per_seed))
+        assert summary[row]["test"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    with pytest.raises(SystemExit, match="no 'unlabeled' rows"):
+        ablation_seeds.main([str(root / "out"), "--seeds", "1", "--rows", "distilled_unlabeled"])
 
 
 def test_rerun_resumes_and_redoes_nothing(finished_run):
@@ -179,7 +218,14 @@ def test_changed_student_settings_redo_only_the_stages_that_read_them(finished_r
     overrides = {"run": {"output_dir": str(copy)}, "student_training": {"num_train_epochs": "2"}}
     with pytest.raises(PipelineError, match="'student_no_distillation'.*other settings"):
         Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
-    for stage in ("student_no_distillation", "distillation", "quantization", "benchmark", "card"):
+    for stage in (
+        "student_no_distillation",
+        "distillation_original",
+        "distillation",
+        "quantization",
+        "benchmark",
+        "card",
+    ):
         (copy / "stages" / f"{stage}.json").unlink()
     rerun = Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None)
     rerun.run()
@@ -213,6 +259,51 @@ def test_preset_student_is_projected_from_the_teacher_and_rebuilt_when_its_setti
     assert rebuilt.endswith("random encoder")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["student_base"] == f"the toy preset built from the teacher: {rebuilt}"
+
+
+def test_preset_student_can_be_narrowed_from_another_pretrained_model(tmp_path, monkeypatch):
+    """run.student_init_from: the preset is built from that model (its layers and tokenizer), not from the teacher,
+    as the reference starts from a pre-trained BERT-Mini rather than from its teacher."""
+    from trainer_ext.students import STUDENT_PRESETS
+
+    monkeypatch.setitem(STUDENT_PRESETS, "toy", dict(num_hidden_layers=1, hidden_size=16, intermediate_size=24))
+    assets = write_assets(tmp_path)
+    recipe_path = tiny_recipe(
+        tmp_path, assets, augment=False, student="toy", student_init_from=assets["student"], student_init_samples=40
+    )
+    results = Pipeline(load_recipe(recipe_path), progress=lambda _m: None).run()
+    config = json.loads((tmp_path / "out" / "student_init" / "config.json").read_text())
+    source = json.loads((Path(assets["student"]) / "config.json").read_text())
+    teacher = json.loads((tmp_path / "out" / "teacher" / "config.json").read_text())
+    # The source has hidden size 32 and 1 layer, the teacher 48 and 2: the head size and layer are the source's.
+    assert source["hidden_size"] == 32 and teacher["hidden_size"] == 48
+    assert config["trainer_ext_student_of"] == assets["student"]
+    assert config["trainer_ext_student_init"].startswith("teacher layers [0] projected")
+    # Its layers are the source's, not the teacher's: no layer map to the teacher for hidden-state losses.
+    assert "trainer_ext_teacher_layers" not in config
+    assert results["variants"]["student_distilled"]["accuracy"] is not None
+    with pytest.raises(PipelineError, match="other settings"):  # the source is part of the students' key
+        Pipeline(load_recipe(recipe_path, overrides={"run": {"student_init_from": "null"}}), lambda _m: 0).run()
+
+
+def test_precision_set_in_the_recipe_is_used_and_recorded(tmp_path):
+    """precision: bf16 trains under bf16 autocast on CPU too (transformers needs use_cpu for that) and is recorded per
+    stage; a later FP32 TrainingArguments in the same process does not inherit accelerate's bf16 setting."""
+    from trainer_ext.precision import training_precision_kwargs
+
+    assets = write_assets(tmp_path)
+    pipeline = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, augment=False, precision="bf16")), lambda _m: 0)
+    results = pipeline.run()
+    assert {k: v["precision"] for k, v in results["precision"].items()} == {
+        "teacher_fine_tuning": "bf16",
+        "student_training": "bf16",
+        "teacher_logits": "bf16",
+    }
+    assert all(v["reason"].startswith("set in the recipe") for v in results["precision"].values())
+    args = pipeline._training_args(pipeline.recipe.student_training, "x", "bf16")
+    assert args.bf16 and args.use_cpu == (not torch.cuda.is_available())
+    training_precision_kwargs("fp32")
+    assert os.environ.get("ACCELERATE_MIXED_PRECISION") != "bf16"
 
 
 def test_interrupted_stage_is_redone_on_resume(tmp_path):
@@ -275,7 +366,7 @@ def test_recipe_errors_are_clear(tmp_path):
     with pytest.raises(RecipeError, match="set by the pipeline"):
         load_recipe(None, overrides={"student_training": {"output_dir": "x"}})
     with pytest.raises(RecipeError, match="Unknown profile 'fast'.*quick"):
-        load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="fast")
+        load_recipe(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml", profile="fast")
     with pytest.raises(RecipeError, match="run.augment: Truthy value expected"):
         load_recipe(None, overrides={"run": {"augment": "maybe"}})
     overrides, profile = parse_overrides(["--profile", "quick", "--augmentation.num_samples=7", "--run.seed", "3"])
@@ -287,7 +378,7 @@ def test_run_command_reports_user_errors_without_a_traceback(tmp_path, capsys):
 
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "error: Recipe file" in capsys.readouterr().err
-    assert main(["run", str(ROOT / "recipes" / "rotten_tomatoes_offline.yaml"), "--run.outptu_dir", "x"]) == 2
+    assert main(["run", str(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml"), "--run.outptu_dir", "x"]) == 2
     assert "Did you mean 'output_dir'?" in capsys.readouterr().err
 
 
@@ -303,10 +394,15 @@ def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
 
 
 def test_shipped_recipes_parse_to_the_reference_settings_without_downloading():
-    quick = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="quick")
+    quick = load_recipe(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml", profile="quick")
     assert quick.run.teacher == "packaged:minilm" and quick.run.student == "bert-mini"
     assert quick.run.student_init == "projected" and quick.student_training.learning_rate == 1e-4
     assert quick.augmentation.generator_name_or_path == "packaged:smollm2" and quick.run.max_train_samples == 1000
+    default = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml")
+    assert (default.run.teacher, default.run.student, default.run.precision) == ("packaged:mpnet", "bert-mini", "auto")
+    assert default.augmentation.unlabeled_texts == "imdb_reviews_offline" and default.run.augment
+    default_quick = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="quick")
+    assert default_quick.run.teacher == "packaged:mpnet" and default_quick.run.max_train_samples == 300
     sst2 = load_recipe(ROOT / "recipes" / "sst2_bert_mini.yaml", overrides={"run": {"seed": "7"}})
     assert (sst2.run.dataset, sst2.run.dataset_config, sst2.run.text_column) == ("glue", "sst2", "sentence")
     assert sst2.run.student == "google/bert_uncased_L-4_H-256_A-4"
@@ -366,7 +462,7 @@ def test_quick_profile_of_the_offline_recipe_under_torchrun(tmp_path):
     out = tmp_path / "quick"
     command = [
         torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "trainer_ext.cli", "run",
-        str(ROOT / "recipes" / "rotten_tomatoes_offline.yaml"), "--profile", "quick",
+        str(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml"), "--profile", "quick",
         "--run.output_dir", str(out), "--run.max_train_samples", "400", "--augmentation.num_samples", "32",
     ]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)

@@ -36,6 +36,7 @@ from transformers.utils import logging
 from .data import load_unlabeled_texts
 from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
+from .precision import training_precision_kwargs
 from .teacher import compute_teacher_logits
 
 logger = logging.get_logger(__name__)
@@ -272,6 +273,7 @@ class TextGenerationAugmenter:
         self.model = generator
         self.tokenizer = tokenizer
         self.stats: dict[str, Any] = {}
+        self._generator_bf16 = self._teacher_bf16 = False  # set per call of augment()
 
     # ------------------------------------------------------------------------------------------- conditioning
     def format_example(self, label_name: str, text: str) -> str:
@@ -306,6 +308,8 @@ class TextGenerationAugmenter:
         )
         self._freeze_lower_layers(args.freeze_layers)
         self.tokenizer.padding_side = "right"
+        bf16 = training_precision_kwargs("bf16" if self._generator_bf16 else "fp32")
+        distributed_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         trainer = Trainer(
             model=self.model,
             args=TrainingArguments(
@@ -319,9 +323,11 @@ class TextGenerationAugmenter:
                 logging_steps=20,
                 report_to="none",
                 seed=args.seed,
+                bf16=bf16.get("bf16", False),
                 dataloader_pin_memory=False,
-                # Under torchrun on CPU, Trainer only trains data-parallel with use_cpu (else every rank trains alone).
-                use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+                # Under torchrun on CPU, Trainer only trains data-parallel with use_cpu (else every rank trains alone);
+                # bf16 on CPU needs it too.
+                use_cpu=distributed_cpu or bf16.get("use_cpu", False),
             ),
             train_dataset=encoded,
             # Labels are set before padding and padded with -100: the language-modelling collator would mask every
@@ -366,7 +372,21 @@ class TextGenerationAugmenter:
         enc = {k: v.to(device) for k, v in enc.items()}
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._generator_bf16):
+            out = self._sample(enc)
+        self.model.train(was_training)
+        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
+        # Chat-tuned generators may end with a special token other than the declared eos (SmolLM2's <|im_end|>).
+        stops = [t for t in self.tokenizer.all_special_tokens if t != self.tokenizer.pad_token]
+        return [
+            clean_generation(t.replace(self.tokenizer.pad_token, ""), args.separator, self.tokenizer.eos_token, stops)
+            for t in texts
+        ]
+
+    def _sample(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        args = self.args
+        return self.model.generate(
             **enc,
             do_sample=True,
             top_p=args.top_p,
@@ -378,15 +398,6 @@ class TextGenerationAugmenter:
             eos_token_id=self.tokenizer.eos_token_id,
             use_cache=True,
         )
-        self.model.train(was_training)
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
-        # Chat-tuned generators may end with a special token other than the declared eos (SmolLM2's <|im_end|>).
-        stops = [t for t in self.tokenizer.all_special_tokens if t != self.tokenizer.pad_token]
-        return [
-            clean_generation(t.replace(self.tokenizer.pad_token, ""), args.separator, self.tokenizer.eos_token, stops)
-            for t in texts
-        ]
 
     def _set_length_bounds(self, texts: Sequence[str]) -> None:
         """Word-length bounds and the token budget per sample, from the settings or else the training texts."""
@@ -418,8 +429,14 @@ class TextGenerationAugmenter:
         exclude_texts: Iterable[str] | None = None,
         text_column: str = "text",
         label_column: str = "label",
+        *,
+        generator_bf16: bool = False,
+        teacher_bf16: bool = False,
     ) -> Dataset:
         """Fine-tune (optionally), generate per label, filter, relabel with the teacher; return the kept samples.
+
+        `generator_bf16` / `teacher_bf16` run the generator's fine-tuning and sampling / the teacher's labelling under
+        bf16 autocast (the pipeline decides by measurement, `precision.choose_precision`).
 
         Under `torchrun` / `accelerate launch` the generator fine-tunes data-parallel, each process samples its share
         of `num_samples` with its own seed (shards in `output_dir/shards/process_<rank>`), the shares are gathered
@@ -427,6 +444,7 @@ class TextGenerationAugmenter:
         same dataset, and only the main process writes shared files.
         """
         args = self.args
+        self._generator_bf16, self._teacher_bf16 = generator_bf16, teacher_bf16
         for column in (text_column, label_column):
             if column not in train_dataset.column_names:
                 raise AugmentationError(
@@ -691,7 +709,8 @@ class TextGenerationAugmenter:
                 dataset,
                 teacher_tokenizer=teacher_tokenizer,
                 text_column="text",
-                max_length=args.max_length * 2,
+                max_length=args.max_length,  # the length the student trains at: the same logits the trainer would get
+                bf16=self._teacher_bf16,
                 cache_dir=cache_dir,
             )
             labels = logits.argmax(-1).tolist()

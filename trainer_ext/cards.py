@@ -33,6 +33,7 @@ VARIANT_LABELS = {
     "teacher": "teacher",
     "teacher_int8": "teacher INT8",
     "student_no_distillation": "student without distillation",
+    "student_distilled_original": "student distilled on the original sentences only",
     "student_distilled": "student (distilled)",
     "student": "student",
     "student_int8": "student INT8",
@@ -159,9 +160,8 @@ def _provenance(results: Results) -> list[str]:
     if aug:
         parts = [f"{md(k)} = {_value(v)}" for k, v in aug.items() if not isinstance(v, (dict, list))]
         lines.append(
-            "Data augmentation (a causal LM fine-tuned on the training set, samples relabelled by the teacher): "
-            + ", ".join(parts)
-            + "."
+            "Transfer set (sentences from a causal LM fine-tuned on the training set and unlabelled in-domain text, "
+            "labelled by the teacher): " + ", ".join(parts) + "."
         )
     quant = results.quantization
     if quant:
@@ -175,6 +175,9 @@ def _provenance(results: Results) -> list[str]:
                 "configurations; ONNX export checked against PyTorch (largest logit difference "
                 f"{md(_fmt(quant.get('export_max_abs_logit_diff'), '.1e'))})."
             )
+    if results.precision:
+        chosen = ", ".join(f"{md(k)} {md(v.get('precision'))}" for k, v in results.precision.items())
+        lines.append(f"Precision per stage (detected and measured on the training machine): {chosen}.")
     if results.stages:
         stages = ", ".join(f"{md(k)} {v:.0f} s" for k, v in results.stages.items() if _is_number(v))
         lines.append(f"Stage durations: {stages}.")

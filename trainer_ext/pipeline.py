@@ -9,11 +9,17 @@ what they return):
 - student_no_distillation: build the student from the teacher (`students`) and train it on labels only, the
   comparison row (`trainer`, which without a teacher is `Trainer`);
 - augmentation: fine-tune the generator, sample per label, filter, relabel with the teacher (`augmentation`);
-- distillation: the same student trained on original + generated text against the teacher's logits (`trainer`,
-  `teacher` for the logit cache);
+- distillation_original: the same student distilled on the original training sentences only, the ablation row that
+  shows what the transfer set adds (only when augmentation runs; otherwise `distillation` is that row);
+- distillation: the same student distilled on original + transfer set (generated and unlabelled sentences), against
+  the teacher's logits (`trainer`; `teacher` computes the original sentences' logits once, for both distillation
+  stages, and the transfer set brings the logits the teacher gave it when labelling it);
 - quantization, teacher_quantization: ONNX export and the accuracy-aware INT8 search (`quantization`);
 - benchmark: every variant measured on the test split, latency timed in alternation (`results`, `benchmark`);
 - card: `results.json` and the Hub model card (`results`, `cards`).
+
+Each stage that trains or runs a model chooses FP32 or bf16 autocast by detection and measurement (`precision`) and
+records the choice in `precision.json`, which results.json repeats.
 
 Each stage writes its outputs under `run.output_dir` (atomically, `files`), then a marker `stages/<stage>.json`
 holding its settings and duration. A re-run skips every stage whose marker matches its settings (an interrupted run
@@ -64,10 +70,12 @@ from .data import (
 )
 from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
+from .precision import PrecisionChoice, choose_precision, training_precision_kwargs
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
 from .recipe import Recipe
 from .results import INT8_VARIANT, RESULTS_FILE, Results, measure
 from .students import STUDENT_PRESETS, build_student, calibration_batches
+from .teacher import compute_teacher_logits
 from .trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
@@ -77,6 +85,7 @@ STAGES = (
     "teacher",
     "student_no_distillation",
     "augmentation",
+    "distillation_original",
     "distillation",
     "quantization",
     "teacher_quantization",
@@ -84,7 +93,8 @@ STAGES = (
     "card",
 )
 STAGE_DIR = "stages"
-VARIANTS = ("teacher", "student_no_distillation", "student_distilled", INT8_VARIANT)
+PRECISION_FILE = "precision.json"
+LOGITS_FILE = "teacher_logits.npy"  # the original training sentences' teacher logits, under distillation_data/
 
 
 class PipelineError(RuntimeError):
@@ -112,6 +122,7 @@ class Pipeline:
         self.stage_seconds: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # stage -> key of its settings and of the stages it reads
+        self._precisions: dict[str, dict[str, Any]] | None = None
 
     # Read afresh each time: every TrainingArguments resets accelerate's shared state and rebuilds it.
     @property
@@ -141,6 +152,8 @@ class Pipeline:
                 f"Cannot write to {self.out}: {err}. Set run.output_dir to a writable folder."
             ) from err
         self._resolve_teacher_source()
+        if self.args.student_init_from is not None:
+            self._packaged_source(self.args.student_init_from)
         if self.args.augment:
             self._resolve_generator_source()
             aug = self.recipe.augmentation
@@ -163,6 +176,10 @@ class Pipeline:
             self._stage("augmentation", augmentation, self.stage_augmentation, ("data", "teacher"))
         else:
             self.stage_status["augmentation"] = "skipped (run.augment is false)"
+        if self.args.augment:
+            self._stage("distillation_original", student, self.stage_distillation_original, ("data", "teacher"))
+        else:
+            self.stage_status["distillation_original"] = "skipped (no transfer set: distillation is this row)"
         distillation_inputs = ("data", "teacher", "augmentation") if self.args.augment else ("data", "teacher")
         self._stage("distillation", student, self.stage_distillation, distillation_inputs)
         quantization = _settings(self.recipe.quantization)
@@ -207,7 +224,11 @@ class Pipeline:
         return result
 
     def _reload(self, name: str) -> Any:
-        return self._load_data() if name == "data" else None
+        if name != "data":
+            return None
+        data = self._load_data()
+        self._save_splits(data)
+        return data
 
     # --------------------------------------------------------------------------------------------------- data
     def _data_settings(self) -> dict[str, Any]:
@@ -238,7 +259,13 @@ class Pipeline:
         if self.is_main:
             summary = {split: len(ds) for split, ds in data.items()} | {"labels": label_names(data["train"])}
             write_json(self.out / "data" / "summary.json", summary)
+        self._save_splits(data)
         return data
+
+    def _save_splits(self, data: DatasetDict) -> None:
+        """The splits as used, so that benchmarks (benchmarks/ablation_seeds.py) rerun stages without the source."""
+        if self.is_main and not (self.out / "data" / "splits").exists():
+            write_atomic(self.out / "data" / "splits", partial(DatasetDict.save_to_disk, data))
 
     # ------------------------------------------------------------------------------------------------ teacher
     def _resolve_teacher_source(self) -> str:
@@ -275,10 +302,15 @@ class Pipeline:
             )
         return not (is_classifier and same_labels)
 
-    def _training_args(self, base: TrainingArguments, stage: str, **extra: Any) -> TrainingArguments:
+    def _training_args(
+        self, base: TrainingArguments, stage: str, precision: PrecisionChoice, **extra: Any
+    ) -> TrainingArguments:
         seed = base.seed if "seed" in self.recipe.raw.get(self._section_of(base), {}) else self.args.seed
-        use_cpu = base.use_cpu or (self.num_processes > 1 and not torch.cuda.is_available())
-        return replace(base, output_dir=str(self.out / "runs" / stage), seed=seed, use_cpu=use_cpu, **extra)
+        bf16 = training_precision_kwargs(precision)
+        use_cpu = (
+            base.use_cpu or bf16.pop("use_cpu", False) or (self.num_processes > 1 and not torch.cuda.is_available())
+        )
+        return replace(base, output_dir=str(self.out / "runs" / stage), seed=seed, use_cpu=use_cpu, **(bf16 | extra))
 
     def _section_of(self, base: TrainingArguments) -> str:
         return "student_training" if base is self.recipe.student_training else "teacher_training"
@@ -287,6 +319,38 @@ class Pipeline:
         return dataset.map(
             lambda b: tokenizer(b["text"], truncation=True, max_length=self.args.max_length), batched=True
         )
+
+    # ----------------------------------------------------------------------------------------------- precision
+    def _precision(self, stage: str, model: torch.nn.Module, tokenizer: Any, *, train: bool) -> PrecisionChoice:
+        """FP32 or bf16 autocast for `stage`, chosen once per run (see `precision.choose_precision`) on a real batch
+        of training sentences, and recorded in `precision.json`; a resumed run reuses the recorded choice."""
+        recorded = self._recorded_precisions()
+        if stage in recorded and self.args.precision == "auto":
+            return PrecisionChoice(**recorded[stage])
+        size = self.recipe.student_training.per_device_train_batch_size
+        texts = self.data["train"]["text"][:size]
+        batch = dict(
+            tokenizer(texts, padding=True, truncation=True, max_length=self.args.max_length, return_tensors="pt")
+        )
+        if train:
+            batch["labels"] = (
+                batch["input_ids"].clone()
+                if getattr(model.config, "is_decoder", False) or not hasattr(model.config, "num_labels")
+                else torch.tensor(self.data["train"]["label"][:size])
+            )
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        choice = choose_precision(stage, model.to(device), batch, self.args.precision, train=train, device=device)
+        self.progress(f"[{stage}] precision {choice.precision}: {choice.reason}")
+        recorded[stage] = choice.to_dict()
+        if self.is_main:
+            write_json(self.out / PRECISION_FILE, recorded)
+        return choice
+
+    def _recorded_precisions(self) -> dict[str, dict[str, Any]]:
+        if self._precisions is None:
+            path = self.out / PRECISION_FILE
+            self._precisions = json.loads(path.read_text()) if path.exists() else {}
+        return self._precisions
 
     def stage_teacher(self) -> None:
         source = self._resolve_teacher_source()
@@ -300,9 +364,10 @@ class Pipeline:
             teacher = AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=len(names), id2label=id2label, label2id=label2id
             )
+            precision = self._precision("teacher_fine_tuning", teacher, tokenizer, train=True)
             trainer = Trainer(
                 model=teacher,
-                args=self._training_args(self.recipe.teacher_training, "teacher"),
+                args=self._training_args(self.recipe.teacher_training, "teacher", precision),
                 train_dataset=self._tokenized(tokenizer, self.data["train"]),
                 processing_class=tokenizer,
                 data_collator=DataCollatorWithPadding(tokenizer),
@@ -320,7 +385,10 @@ class Pipeline:
 
     # ----------------------------------------------------------------------------------------------- students
     def _student_settings(self) -> dict[str, Any]:
-        init = {"student_init": self.args.student_init, "student_init_samples": self.args.student_init_samples}
+        a = self.args
+        init = {"student_init": a.student_init, "student_init_samples": a.student_init_samples}
+        if a.student_init_from is not None:  # keyed only when set, so runs built from the teacher keep their keys
+            init["student_init_from"] = a.student_init_from
         return (
             {"student": self.args.student, "max_length": self.args.max_length}
             | (init if self.args.student in STUDENT_PRESETS else {})
@@ -336,24 +404,30 @@ class Pipeline:
         path = self.out / "student_init"
         a = self.args
         settings = [a.student, a.student_init, a.student_init_samples, a.max_length, a.seed]
+        if a.student_init_from is not None:
+            settings.append(a.student_init_from)
         key = _hash([settings, self.keys.get("data"), self.keys.get("teacher")])
         key_file = path / "init_key.json"
         saved = json.loads(key_file.read_text()).get("key") if key_file.exists() else None
         if saved != key:
-            teacher, teacher_tokenizer = self._teacher()
             names = label_names(self.data["train"])
             if self.args.student in STUDENT_PRESETS:
-                # The projection basis comes from the teacher's hidden states on the first training sentences.
+                source, source_tokenizer = self._student_source(names)
+                # The projection basis comes from the source's hidden states on the first training sentences.
                 texts = self.data["train"]["text"][: self.args.student_init_samples]
-                batches = calibration_batches(teacher_tokenizer, texts, max_length=self.args.max_length)
+                batches = calibration_batches(source_tokenizer, texts, max_length=self.args.max_length)
                 student = build_student(
-                    teacher,
+                    source,
                     preset=self.args.student,
                     seed=self.args.seed,
                     encoder_init=self.args.student_init,
                     calibration_inputs=batches,
                 )
-                tokenizer = teacher_tokenizer
+                if self.args.student_init_from is not None:
+                    # Its layers are the source's, not the teacher's: hidden-state losses must not map them onto the
+                    # teacher's layers of the same numbers (DistillationTrainer then spaces them evenly).
+                    student.config.__dict__.pop("trainer_ext_teacher_layers", None)
+                tokenizer = source_tokenizer
             else:
                 id2label, label2id = id2label_label2id(names)
                 torch.manual_seed(self.args.seed)
@@ -367,11 +441,33 @@ class Pipeline:
             self.barrier()
         return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
-    def _train_student(self, name: str, train: Dataset, teacher: PreTrainedModel | None, teacher_tok: Any) -> None:
-        student, tokenizer = self._initial_student()
-        args = self._training_args(
-            self.recipe.student_training, name, teacher_cache_dir=str(self.out / "_teacher_logits")
+    def _student_source(self, names: list[str]) -> tuple[PreTrainedModel, Any]:
+        """The model a preset student is narrowed from: the teacher, or `run.student_init_from` (a pre-trained encoder
+        such as the packaged MiniLM, the part Google's pre-trained BERT-Mini plays in the reference)."""
+        if self.args.student_init_from is None:
+            return self._teacher()
+        source = self._packaged_source(self.args.student_init_from)
+        id2label, label2id = id2label_label2id(names)
+        set_seed(self.args.seed)  # its new head, so the same run builds the same student
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=len(names), id2label=id2label, label2id=label2id
         )
+        return model, AutoTokenizer.from_pretrained(source)
+
+    def _train_student(self, name: str, train: Dataset, teacher: PreTrainedModel | None, teacher_tok: Any) -> None:
+        """Train the initial student on `train`: on labels only without a teacher, else distilled against the
+        `teacher_logits` column that `train` carries (the teacher is passed for losses that read its hidden states)."""
+        student, tokenizer = self._initial_student()
+        precision = self._precision("student_training", student, tokenizer, train=True)
+        args = self._training_args(
+            self.recipe.student_training,
+            name,
+            precision,
+            teacher_cache_dir=str(self.out / "_teacher_logits"),
+            teacher_max_length=self.args.max_length,
+        )
+        if teacher is None and "teacher_logits" in train.column_names:
+            train = train.remove_columns("teacher_logits")
         # The teacher reads raw text with its own tokenizer when the vocabularies differ (a Hub student).
         trainer = DistillationTrainer(
             model=student,
@@ -390,6 +486,27 @@ class Pipeline:
         # Without a teacher DistillationTrainer is exactly Trainer: the comparison row differs only in the loss.
         self._train_student("student_no_distillation", self.data["train"], None, None)
 
+    def _original_with_logits(self, teacher: PreTrainedModel, teacher_tokenizer: Any) -> Dataset:
+        """The training split with the teacher's logits, computed once (cached under `_teacher_logits`) for both
+        distillation stages, at the training length, in the precision measured for the teacher's inference."""
+        precision = self._precision("teacher_logits", teacher, teacher_tokenizer, train=False)
+        logits = compute_teacher_logits(
+            teacher,
+            self.data["train"],
+            batch_size=self.recipe.student_training.per_device_eval_batch_size,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+            teacher_tokenizer=teacher_tokenizer,
+            max_length=self.args.max_length,
+            cache_dir=self.out / "_teacher_logits",
+            bf16=precision.bf16,
+        )
+        return self.data["train"].add_column("teacher_logits", logits.tolist())
+
+    def _save_distillation_data(self, name: str, train: Dataset) -> None:
+        """Each distillation stage's training rows with their logits, for benchmarks/ablation_seeds.py."""
+        if self.is_main:
+            write_atomic(self.out / "distillation_data" / name, partial(Dataset.save_to_disk, train))
+
     # ------------------------------------------------------------------------------------------- augmentation
     def stage_augmentation(self) -> None:
         """Generated, teacher-relabelled sentences in `augmentation/augmented` (TextGenerationAugmenter.augment)."""
@@ -403,19 +520,33 @@ class Pipeline:
         )
         exclude = [t for s in (self.args.eval_split, self.args.test_split) for t in self.data[s]["text"]]
         augmenter = TextGenerationAugmenter(args.generator_name_or_path, args=args)
-        generated = augmenter.augment(self.data["train"], teacher, teacher_tokenizer, exclude)
+        precision = {
+            "generator_bf16": args.num_samples > 0
+            and self._precision("generator", augmenter.model, augmenter.tokenizer, train=args.fine_tune).bf16,
+            "teacher_bf16": self._precision("teacher_logits", teacher, teacher_tokenizer, train=False).bf16,
+        }
+        generated = augmenter.augment(self.data["train"], teacher, teacher_tokenizer, exclude, **precision)
         if self.is_main:
             write_atomic(aug_dir / "augmented", partial(Dataset.save_to_disk, generated))
 
     # ------------------------------------------------------------------------------------------- distillation
+    def stage_distillation_original(self) -> None:
+        """The ablation row: distilled on the original training sentences only (same student, settings and logits)."""
+        teacher, teacher_tokenizer = self._teacher()
+        train = self._original_with_logits(teacher, teacher_tokenizer)
+        self._save_distillation_data("original", train)
+        self._train_student("student_distilled_original", train, teacher, teacher_tokenizer)
+
     def stage_distillation(self) -> None:
         teacher, teacher_tokenizer = self._teacher()
-        train = self.data["train"]
+        train = self._original_with_logits(teacher, teacher_tokenizer)
         augmented = self.out / "augmentation" / "augmented"
         if self.args.augment:
             if not augmented.exists():
                 raise PipelineError(f"The augmentation output {augmented} is missing; delete its stage marker.")
-            train = merge_with_original(train, load_from_disk(str(augmented)).remove_columns("teacher_logits"))
+            # The transfer set keeps the logits the teacher gave it when labelling it: it never runs on them twice.
+            train = merge_with_original(train, load_from_disk(str(augmented)))
+        self._save_distillation_data("transfer" if self.args.augment else "original", train)
         self._train_student("student_distilled", train, teacher, teacher_tokenizer)
 
     # ------------------------------------------------------------------------------------------- quantization
@@ -460,7 +591,8 @@ class Pipeline:
             return
         teacher, teacher_tokenizer = self._teacher()
         models: dict[str, ClassifierRunner | str] = {"teacher": ClassifierRunner(teacher, teacher_tokenizer)}
-        for name in ("student_no_distillation", "student_distilled"):
+        students = ("student_no_distillation",) + (("student_distilled_original",) if self.args.augment else ())
+        for name in (*students, "student_distilled"):
             path = self.out / name
             if not (path / "config.json").exists():
                 raise PipelineError(f"{path} is missing; delete its stage marker to retrain it.")
@@ -478,7 +610,7 @@ class Pipeline:
                     if report.exists()
                     else ("quantization did not run")
                 )
-        order = ("teacher", "teacher_int8", "student_no_distillation", "student_distilled", INT8_VARIANT)
+        order = ("teacher", "teacher_int8", *students, "student_distilled", INT8_VARIANT)
         variants, latency = measure(
             {name: models[name] for name in order}, self.data[self.args.test_split], runs=self.args.latency_runs
         )
@@ -527,6 +659,7 @@ class Pipeline:
             quantization=json.loads(report.read_text()) if report.exists() else None,
             recipe={"source": self.recipe.source, "profile": self.recipe.profile, "values": self.recipe.raw},
             processes=self.num_processes,
+            precision=self._recorded_precisions() or None,
             stages=dict(self.stage_seconds),  # every stage before this one; the card's own takes well under a second
         )
         results.save(self.out)
@@ -551,6 +684,8 @@ def summary_table(results: dict[str, Any]) -> str:
             f"{name:<26} {v['runtime']:<18} {100 * v['accuracy']:>8.2f}% {v['latency_ms']:>11.2f} "
             f"{v.get('speedup_vs_teacher', float('nan')):>8.2f}x {v['size_mb']:>7.1f} {params:>12}"
         )
+    if results.get("precision"):
+        lines.append("precision: " + ", ".join(f"{k} {v['precision']}" for k, v in results["precision"].items()))
     if results.get("stages"):
         lines.append("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in results["stages"].items()))
     return "\n".join(lines)

@@ -97,8 +97,24 @@ class RunArguments:
             "embeddings projected, a random encoder)."
         },
     )
+    student_init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "The model a preset student is built from: unset (null) for the teacher, or a packaged name, "
+            "local folder or Hub id (e.g. 'packaged:minilm', a smaller pre-trained encoder, narrowed to the preset). "
+            "The student then has that model's tokenizer; the teacher reads the raw text with its own."
+        },
+    )
     student_init_samples: int = field(
         default=512, metadata={"help": "Training sentences whose teacher hidden states give the projection basis."}
+    )
+    precision: Literal["auto", "fp32", "bf16"] = field(
+        default="auto",
+        metadata={
+            "help": "Training and teacher/generator inference precision: 'auto' detects bf16 support (AMX, "
+            "AVX512-BF16, a CUDA GPU) and, where present, times FP32 and bf16 autocast on each stage's model and keeps "
+            "the faster; 'fp32' or 'bf16' everywhere. ONNX export and latency measurement always use FP32 inputs."
+        },
     )
     augment: bool = field(default=True, metadata={"help": "Run the augmentation stage (generator, relabelling)."})
     max_length: int = field(default=64, metadata={"help": "Tokenization length for training (the reference's 64)."})

@@ -62,6 +62,7 @@ class Results:
     quantization: dict[str, Any] | None = None  # compression_report.json's content
     recipe: dict[str, Any] | None = None
     processes: int | None = None
+    precision: dict[str, dict[str, Any]] | None = None  # stage -> precision.PrecisionChoice.to_dict()
     stages: dict[str, float] | None = None
 
     def __post_init__(self) -> None:

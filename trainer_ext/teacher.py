@@ -121,6 +121,7 @@ def _run_teacher(
     lengths: Sequence[int],
     input_names: set[str],
     show_progress: bool,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Logits for `indices`, in that order. Batches are formed from length-sorted examples to cut padding."""
     num_labels = teacher.config.num_labels
@@ -135,7 +136,8 @@ def _run_teacher(
             positions = order[start : start + batch_size]
             batch = collate([dataset[int(indices[p])] for p in positions])
             batch = {k: v.to(device) for k, v in batch.items() if k in input_names and isinstance(v, torch.Tensor)}
-            logits = teacher(**batch).logits
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = teacher(**batch).logits
             out[positions] = logits.float().cpu().numpy()
     finally:
         teacher.train(was_training)
@@ -153,8 +155,12 @@ def compute_teacher_logits(
     max_length: int = 128,
     collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]] | None = None,
     cache_dir: str | os.PathLike | None = None,
+    bf16: bool = False,
 ) -> np.ndarray:
     """Teacher logits for every row of `dataset`, as a float32 array `(len(dataset), num_labels)`.
+
+    `bf16=True` runs the teacher under bf16 autocast (see `precision.choose_precision`); the cache keeps such logits
+    apart from FP32 ones.
 
     Two modes:
     - `teacher_tokenizer` given: the teacher tokenizes `dataset[text_column]` itself (tokenizers may differ).
@@ -212,6 +218,8 @@ def compute_teacher_logits(
         collate_fn = collate
         settings = {"mode": "tokens", "columns": sorted(input_columns)}
 
+    if bf16:
+        settings["bf16"] = True
     cache = TeacherLogitsCache(cache_dir) if cache_dir is not None else None
     key = cache_key(dataset, teacher, settings) if cache is not None else None
     if cache is not None and key is not None:
@@ -235,6 +243,7 @@ def compute_teacher_logits(
             lengths=lengths,
             input_names=forward_input_names(teacher, teacher_tokenizer),
             show_progress=state.is_main_process,
+            bf16=bf16,
         )
     # Each process's share as one object, so the gathered list holds one array per process, in rank order.
     logits = np.concatenate(gather_object([mine]), axis=0)
