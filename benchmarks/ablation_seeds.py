@@ -8,13 +8,16 @@ from the same initial student and the same teacher logits:
 - `no_distillation`: labels only (`Trainer`);
 - `distilled_original`: distilled on the original training sentences (`distillation_data/original`);
 - `distilled_transfer`: distilled on original + transfer set (`distillation_data/transfer`);
-- with `--by-source`, also `distilled_unlabeled` and `distilled_generated`: the transfer set's two sources apart.
+- with `--by-source`, also `distilled_unlabeled` and `distilled_generated`: the transfer set's two sources apart;
+- with `--min-confidence P`, also `distilled_confident`: the transfer rows whose teacher probability is at least P
+  (teacher-confidence filtering, measured without re-running the teacher).
 
 Each row is trained with the recipe's student settings and the seed changed, then measured (PyTorch FP32, batch 32)
 on the run's validation and test splits. The teacher is not needed: its logits are columns of the saved data.
 
     python benchmarks/ablation_seeds.py outputs/rotten_tomatoes_offline --seeds 1 2 3
     python benchmarks/ablation_seeds.py RUN_DIR --rows no_distillation distilled_original --json out.json
+    python benchmarks/ablation_seeds.py --merge seed1.json seed2.json seed3.json   # seeds run apart, summarized
 
 It prints one line per row (mean ± standard deviation over seeds, and each seed), the device, the CPU and the
 versions, and writes the same as JSON with `--json`.
@@ -49,7 +52,7 @@ ROWS = ("no_distillation", "distilled_original", "distilled_transfer")
 SOURCE_ROWS = {"distilled_unlabeled": "unlabeled", "distilled_generated": "generated"}
 
 
-def training_data(run_dir: Path, row: str, splits: Any) -> Dataset:
+def training_data(run_dir: Path, row: str, splits: Any, min_confidence: float | None = None) -> Dataset:
     """The rows a student row trains on (text, label and, when distilled, teacher_logits)."""
     if row == "no_distillation":
         return splits["train"]
@@ -59,6 +62,12 @@ def training_data(run_dir: Path, row: str, splits: Any) -> Dataset:
     transfer = load_from_disk(str(saved / "transfer"))
     if row == "distilled_transfer":
         return transfer
+    if row == "distilled_confident":
+        logits = np.asarray(transfer["teacher_logits"], dtype=np.float64)
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        confident = (probs / probs.sum(-1, keepdims=True)).max(-1) >= min_confidence
+        keep = confident | (np.asarray(transfer["source"]) == "original")
+        return transfer.select(np.flatnonzero(keep).tolist())
     source = SOURCE_ROWS[row]
     original = transfer.filter(lambda s: s == "original", input_columns="source")
     extra = transfer.filter(lambda s: s == source, input_columns="source")
@@ -67,11 +76,13 @@ def training_data(run_dir: Path, row: str, splits: Any) -> Dataset:
     return concatenate_datasets([original, extra])
 
 
-def train_row(run_dir: Path, row: str, seed: int, recipe: Any, splits: Any, work: Path) -> dict[str, Any]:
+def train_row(
+    run_dir: Path, row: str, seed: int, recipe: Any, splits: Any, work: Path, min_confidence: float | None = None
+) -> dict[str, Any]:
     init = run_dir / "student_init"
     tokenizer = AutoTokenizer.from_pretrained(init)
     model = AutoModelForSequenceClassification.from_pretrained(init, dtype=torch.float32)
-    train = training_data(run_dir, row, splits)
+    train = training_data(run_dir, row, splits, min_confidence)
     max_length = recipe.run.max_length
     train = train.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True)
     args = replace(
@@ -116,16 +127,44 @@ def summarize(results: list[dict[str, Any]], rows: list[str], splits: list[str])
     return summary
 
 
+def report(
+    results: list[dict[str, Any]], rows: list[str], splits: list[str], seeds: list[int], device: str, path: Path | None
+) -> None:
+    summary = summarize(results, rows, splits)
+    print(
+        f"\n{len(seeds)} seeds {seeds}; {device}; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, Python {platform.python_version()}"
+    )
+    header = f"{'row':<22} {'train rows':>10} " + " ".join(f"{s + ' mean ± std':>22}" for s in splits)
+    print(header + "\n" + "-" * len(header))
+    for row, s in summary.items():
+        cells = " ".join(f"{100 * s[sp]['mean']:>13.2f} ± {100 * s[sp]['std']:.2f}" for sp in splits)
+        print(f"{row:<22} {s['train_rows']:>10} {cells}")
+    if path is not None:
+        path.write_text(json.dumps({"device": device, "seeds": seeds, "runs": results, "summary": summary}, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir", type=Path, help="A finished run's run.output_dir.")
+    parser.add_argument("run_dir", type=Path, nargs="?", help="A finished run's run.output_dir.")
     parser.add_argument("--recipe", type=Path, help="The run's recipe (default: the one its results.json names).")
     parser.add_argument("--profile", help="The recipe profile the run used (default: from results.json).")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *SOURCE_ROWS])
     parser.add_argument("--by-source", action="store_true", help="Add the transfer set's sources as separate rows.")
+    parser.add_argument("--min-confidence", type=float, help="Add distilled_confident with this threshold.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument("--merge", type=Path, nargs="+", help="Summarize the --json files of earlier runs instead.")
     args = parser.parse_args(argv)
+    if args.merge:
+        files = [json.loads(path.read_text()) for path in args.merge]
+        runs = [run for f in files for run in f["runs"]]
+        rows = list(dict.fromkeys(r["row"] for r in runs))
+        splits = [k for k in runs[0] if k not in ("row", "seed", "train_rows", "seconds")]
+        report(runs, rows, splits, sorted({r["seed"] for r in runs}), files[0]["device"], args.json)
+        return 0
+    if args.run_dir is None:
+        parser.error("Give a run directory, or --merge.")
 
     run_dir = args.run_dir
     missing = [p for p in ("data/splits", "student_init") if not (run_dir / p).exists()]
@@ -137,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     if recipe_path is None:
         parser.error("Give --recipe: the run has no results.json naming its recipe.")
     recipe = load_recipe(recipe_path, profile=args.profile or saved.get("profile"))
-    rows = list(args.rows) + (list(SOURCE_ROWS) if args.by_source else [])
+    rows = (
+        list(args.rows)
+        + (list(SOURCE_ROWS) if args.by_source else [])
+        + (["distilled_confident"] if args.min_confidence is not None else [])
+    )
     splits = load_from_disk(str(run_dir / "data" / "splits"))
     eval_splits = [recipe.run.eval_split, recipe.run.test_split]
     transformers.logging.set_verbosity_error()
@@ -145,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in args.seeds:
         for row in rows:
-            result = train_row(run_dir, row, seed, recipe, splits, run_dir / "ablation_seeds")
+            result = train_row(run_dir, row, seed, recipe, splits, run_dir / "ablation_seeds", args.min_confidence)
             results.append(result)
             print(
                 f"seed {seed} {row:<20} "
@@ -153,21 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 + f" ({result['train_rows']} rows, {result['seconds']:.0f} s)",
                 flush=True,
             )
-    summary = summarize(results, rows, eval_splits)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu_name()}"
-    print(
-        f"\n{len(args.seeds)} seeds {args.seeds}; {device}; torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, Python {platform.python_version()}"
-    )
-    header = f"{'row':<22} {'train rows':>10} " + " ".join(f"{s + ' mean ± std':>22}" for s in eval_splits)
-    print(header + "\n" + "-" * len(header))
-    for row, s in summary.items():
-        cells = " ".join(f"{100 * s[sp]['mean']:>13.2f} ± {100 * s[sp]['std']:.2f}" for sp in eval_splits)
-        print(f"{row:<22} {s['train_rows']:>10} {cells}")
-    if args.json:
-        args.json.write_text(
-            json.dumps({"device": device, "seeds": args.seeds, "runs": results, "summary": summary}, indent=2)
-        )
+    report(results, rows, eval_splits, args.seeds, device, args.json)
     return 0
 
 

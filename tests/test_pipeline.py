@@ -184,6 +184,18 @@ def test_ablation_seeds_benchmark_retrains_the_student_rows_from_the_saved_input
         assert summary[row]["test"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
     with pytest.raises(SystemExit, match="no 'unlabeled' rows"):
         ablation_seeds.main([str(root / "out"), "--seeds", "1", "--rows", "distilled_unlabeled"])
+    # Teacher-confidence filtering keeps every original row and the transfer rows the teacher is sure enough of.
+    logits = np.asarray(load_from_disk(str(root / "out" / "augmentation" / "augmented"))["teacher_logits"])
+    confident = int((torch.softmax(torch.tensor(logits), -1).max(-1).values >= 0.6).sum())
+    other = tmp_path / "other.json"
+    argv = ["--seeds", "5", "--rows", "no_distillation", "--min-confidence", "0.6", "--json", str(other)]
+    assert ablation_seeds.main([str(root / "out"), *argv]) == 0
+    assert json.loads(other.read_text())["summary"]["distilled_confident"]["train_rows"] == 160 + confident
+    # Seeds run apart (say, on several machines) are summarized together.
+    merged = tmp_path / "merged.json"
+    assert ablation_seeds.main(["--merge", str(report), str(other), "--json", str(merged)]) == 0
+    merged = json.loads(merged.read_text())
+    assert merged["seeds"] == [3, 4, 5] and len(merged["summary"]["no_distillation"]["test"]["per_seed"]) == 3
 
 
 def test_rerun_resumes_and_redoes_nothing(finished_run):
