@@ -403,6 +403,10 @@ def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
     empty = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), progress=print)
     with pytest.raises(PipelineError, match="no trained student"):
         empty.stage_quantization()
+    missing = {"output_dir": str(tmp_path / "p"), "augment": "false", "student_init_from": str(tmp_path / "nothing")}
+    with pytest.raises(PipelineError, match="run.student_init_from .* cannot be loaded"):
+        Pipeline(load_recipe(None, overrides={"run": missing}), progress=lambda _m: None).run()
+    assert not (tmp_path / "p" / "stages").exists()  # refused before the first stage
 
 
 def test_shipped_recipes_parse_to_the_reference_settings_without_downloading():

@@ -153,7 +153,13 @@ class Pipeline:
             ) from err
         self._resolve_teacher_source()
         if self.args.student_init_from is not None:
-            self._packaged_source(self.args.student_init_from)
+            try:
+                AutoConfig.from_pretrained(self._packaged_source(self.args.student_init_from))
+            except OSError as err:
+                raise PipelineError(
+                    f"run.student_init_from {self.args.student_init_from!r} cannot be loaded ({err}). Give a packaged "
+                    f"name ({', '.join(PACKAGED_SOURCES)}), a local model folder or a Hub id, or null for the teacher."
+                ) from err
         if self.args.augment:
             self._resolve_generator_source()
             aug = self.recipe.augmentation
