@@ -286,6 +286,47 @@ def test_sensitive_nodes_are_excluded_when_nothing_passes(tmp_path, tokenizer, m
     _assert_ort_config_describes(tmp_path / "onnx", report)
 
 
+def test_node_probing_stops_at_the_time_budget(tmp_path, tokenizer, monkeypatch):
+    """A 12-layer model has about a hundred quantizable nodes: probing them one by one stops at the search's time
+    budget and excludes the most sensitive of the nodes measured by then."""
+    import time
+    import types
+
+    import trainer_ext.quantization as q
+
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    data = make_dataset(tokenizer, n=32)
+    real = q.ClassifierRunner.logits
+    late = {"offset": 0.0}
+    clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + late["offset"])
+    monkeypatch.setattr(q, "time", clock)  # the search's clock only; latency timing keeps the real one
+
+    def sabotaged(runner, texts, **kwargs):
+        logits = real(runner, texts, **kwargs)
+        name = runner.path.name if runner.path else "model.onnx"
+        if "probe" in name:
+            late["offset"] = 1e9  # the budget runs out while the first node is probed
+        if name == "model.onnx" or "probe" in name or "exclude" in name:
+            return logits
+        wrong = 1 - np.asarray(list(data["label"]))[: len(logits)]
+        return np.eye(2, dtype=np.float32)[wrong]
+
+    monkeypatch.setattr(q.ClassifierRunner, "logits", sabotaged)
+    args = QuantizationArguments(
+        approach="dynamic",
+        per_channel=False,
+        optimization_levels=[0],
+        latency_runs=3,
+        max_absolute_drop=0.2,
+        require_speedup=False,
+        sensitivity_top_k=2,
+    )
+    report = quantize_model(model, tokenizer, data, tmp_path, args)
+    nodes = len(q._quantizable_nodes(str(tmp_path / "onnx" / "model.onnx"), ["MatMul", "Gemm", "Attention"]))
+    assert nodes > 2 and report["sensitivity_stopped"] == f"time budget: 1 of {nodes} nodes probed"
+    assert len(report["sensitivity"]["gain_when_kept_fp32"]) == 1 and len(report["sensitivity"]["excluded"]) == 1
+
+
 def _macro_f1(logits: np.ndarray, labels: np.ndarray) -> float:
     predictions = logits.argmax(-1)
     scores = []

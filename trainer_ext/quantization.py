@@ -399,7 +399,10 @@ def _search(
     if chosen is None and args.sensitivity_top_k > 0:
         rejected = [c for c in candidates if c.get("passed") is False]
         if rejected:
-            retry = _sensitivity_retry(rejected[0], builder, labels, baseline, fp32_latency, report, metric_fn)
+            deadline = search_start + args.time_budget_s
+            retry = _sensitivity_retry(
+                rejected[0], builder, labels, baseline, fp32_latency, report, metric_fn, deadline=deadline
+            )
             if retry is not None:
                 candidates.append(retry)
                 if retry.get("passed") and retry.get("faster_than_fp32", True):
@@ -544,8 +547,13 @@ def _sensitivity_retry(
     fp32_latency: dict,
     report: dict[str, Any],
     metric_fn: MetricFn = accuracy,
+    deadline: float = float("inf"),
 ) -> dict | None:
-    """Measure, node by node, how much keeping it in FP32 recovers; exclude the top-k from the base config."""
+    """Measure, node by node, how much keeping it in FP32 recovers; exclude the top-k from the base config.
+
+    A BERT-Base-class model has about a hundred quantizable nodes, each probe a quantization and an evaluation: the
+    probing stops at `deadline` (the search's time budget) and works with the nodes measured by then.
+    """
     args, cand_dir, build = builder.args, builder.cand_dir, builder.build
     graph = builder.source_graph(base)
     operators = args.operators_to_quantize or ["MatMul", "Gemm", "Attention"]
@@ -556,6 +564,9 @@ def _sensitivity_retry(
 
     gains = {}
     for i, node in enumerate(nodes):
+        if time.perf_counter() > deadline:
+            report["sensitivity_stopped"] = f"time budget: {i} of {len(nodes)} nodes probed"
+            break
         probe = {**base, "name": f"{base['name']}_probe{i}", "exclude": base.get("exclude", []) + [node]}
         try:
             build(probe)
