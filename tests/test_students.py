@@ -16,6 +16,8 @@ from transformers import (
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
+    MPNetConfig,
+    MPNetForSequenceClassification,
     PreTrainedModel,
     RobertaConfig,
     RobertaForSequenceClassification,
@@ -195,7 +197,27 @@ def _distilbert() -> PreTrainedModel:
     return DistilBertForSequenceClassification(config)
 
 
-@pytest.mark.parametrize("make", [_roberta, _electra, _distilbert], ids=["roberta", "electra", "distilbert"])
+def _mpnet(hidden_size: int = 64, num_hidden_layers: int = 4, **overrides) -> MPNetForSequenceClassification:
+    # relative_attention_num_buckets keeps its default of 32: MPNetEncoder.compute_position_bias always buckets
+    # relative positions into 32, so a smaller table raises an IndexError in the forward pass (transformers 4.57).
+    config = MPNetConfig(
+        vocab_size=200,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=4,
+        intermediate_size=2 * hidden_size,
+        max_position_embeddings=64,
+        num_labels=3,
+        id2label=ID2LABEL,
+        label2id=LABEL2ID,
+        **overrides,
+    )
+    return MPNetForSequenceClassification(config)
+
+
+@pytest.mark.parametrize(
+    "make", [_roberta, _electra, _distilbert, _mpnet], ids=["roberta", "electra", "distilbert", "mpnet"]
+)
 def test_other_encoders(make):
     torch.manual_seed(0)
     teacher = make()
@@ -431,6 +453,125 @@ def test_projected_student_tracks_the_teacher_better_than_a_random_encoder():
             got = student.eval()(**inputs, output_hidden_states=True).hidden_states[-1][mask]
         errors[init] = ((got - expected).norm() / expected.norm()).item()
     assert errors["projected"] < 0.75 * errors["random"], errors
+
+
+# ------------------------------------------------------------------------------------- projected MPNet encoder
+
+
+def _head_rows(heads: list[int], head_size: int) -> torch.Tensor:
+    return torch.cat([torch.arange(h * head_size, (h + 1) * head_size) for h in heads])
+
+
+def test_mpnet_projection_with_a_permutation_basis_reproduces_the_teacher():
+    """Every head, neuron and layer kept on a permuted basis: exact only if the attention, the feed-forward layers, all
+    LayerNorms, the shared relative attention bias, the embeddings and the classification head are all carried over."""
+    from trainer_ext.students import _project_encoder
+
+    torch.manual_seed(0)
+    teacher = _mpnet(hidden_size=48, num_hidden_layers=3)
+    permutation = torch.eye(48)[torch.randperm(48, generator=torch.Generator().manual_seed(0))]
+    student = MPNetForSequenceClassification(teacher.config)
+    _project_encoder(teacher, student, permutation, kept=[0, 1, 2])
+    inputs = make_inputs()
+    torch.testing.assert_close(logits(student, inputs), logits(teacher, inputs), atol=1e-5, rtol=0)
+    assert torch.equal(
+        student.mpnet.encoder.relative_attention_bias.weight, teacher.mpnet.encoder.relative_attention_bias.weight
+    )
+
+
+def test_projected_mpnet_student_keeps_one_set_of_heads_for_the_shared_relative_bias():
+    """MPNet's relative attention bias is one (buckets, heads) table shared by every layer, so student head j must be
+    the same teacher head in every layer: the heads are chosen once, from every kept layer's head scores."""
+    torch.manual_seed(0)
+    teacher = _mpnet(hidden_size=48, num_hidden_layers=3)  # 4 heads of 12, FFN 96
+    first, last = teacher.mpnet.encoder.layer[0], teacher.mpnet.encoder.layer[2]
+    with torch.no_grad():
+        # On its own, layer 0 would keep heads 1 and 3; layer 2 all but ignores them, which outweighs that.
+        first.attention.attn.v.weight[_head_rows([1, 3], 12)] *= 1.5
+        last.attention.attn.v.weight[_head_rows([1, 3], 12)] *= 0.01
+    batches = _batches()
+    student = build_student(
+        teacher,
+        num_hidden_layers=2,
+        hidden_size=24,
+        intermediate_size=32,
+        encoder_init="projected",
+        calibration_inputs=batches,
+    )
+    from trainer_ext.students import hidden_state_projection
+
+    projection = hidden_state_projection(teacher, batches, 24)
+    config = student.config
+    assert type(student) is MPNetForSequenceClassification
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size) == (
+        2,
+        24,
+        2,
+        32,
+    )
+    assert config.trainer_ext_teacher_layers == [0, 2]
+    assert len(student.mpnet.encoder.layer) == 2
+
+    bias = student.mpnet.encoder.relative_attention_bias.weight
+    assert bias.shape == (teacher.config.relative_attention_num_buckets, 2)
+    torch.testing.assert_close(bias, teacher.mpnet.encoder.relative_attention_bias.weight[:, [0, 2]], atol=0, rtol=0)
+    rows = _head_rows([0, 2], 12)
+    for target, source in zip(student.mpnet.encoder.layer, (first, last)):
+        for name in ("q", "k", "v"):
+            torch.testing.assert_close(
+                getattr(target.attention.attn, name).weight,
+                getattr(source.attention.attn, name).weight[rows] @ projection,
+            )
+        torch.testing.assert_close(
+            target.attention.attn.o.weight, projection.T @ source.attention.attn.o.weight[:, rows]
+        )
+        gamma = source.attention.LayerNorm.weight
+        torch.testing.assert_close(
+            target.attention.LayerNorm.weight, torch.diag(projection.T @ torch.diag(gamma) @ projection)
+        )
+    torch.testing.assert_close(
+        student.mpnet.embeddings.position_embeddings.weight,
+        teacher.mpnet.embeddings.position_embeddings.weight @ projection,
+    )
+    torch.testing.assert_close(
+        student.classifier.dense.weight, projection.T @ teacher.classifier.dense.weight @ projection
+    )
+    torch.testing.assert_close(student.classifier.dense.bias, projection.T @ teacher.classifier.dense.bias)
+    torch.testing.assert_close(student.classifier.out_proj.weight, teacher.classifier.out_proj.weight @ projection)
+    torch.testing.assert_close(student.classifier.out_proj.bias, teacher.classifier.out_proj.bias)
+    output = logits(student, make_inputs())
+    assert output.shape == (3, 3) and torch.isfinite(output).all()
+
+
+def test_projected_mpnet_student_tracks_the_teacher_better_than_a_random_encoder():
+    """As for BERT: before any training, the projected student's last hidden states are much closer to the teacher's
+    (seen through the basis) than a random encoder's, and so are its logits. The teacher's weights are five times
+    MPNet's initial scale so that its layers shape the hidden states; at ten times, a random 48-wide teacher's logits
+    are too chaotic for either student to follow."""
+    from trainer_ext.students import hidden_state_projection
+
+    torch.manual_seed(0)
+    teacher = _mpnet(hidden_size=48, num_hidden_layers=3, initializer_range=0.1)
+    inputs, batches = make_inputs(batch=16), _batches()
+    mask = inputs["attention_mask"].bool()
+    projection = hidden_state_projection(teacher, batches, 36)
+    with torch.no_grad():
+        outputs = teacher.eval()(**inputs, output_hidden_states=True)
+    expected_states = outputs.hidden_states[-1][mask] @ projection
+    errors: dict[str, dict[str, float]] = {}
+    for init in ("projected", "random"):
+        student = build_student(
+            teacher, hidden_size=36, intermediate_size=64, encoder_init=init, calibration_inputs=batches
+        )
+        assert student.config.num_attention_heads == 3
+        with torch.no_grad():
+            got = student.eval()(**inputs, output_hidden_states=True)
+        errors[init] = {
+            "states": ((got.hidden_states[-1][mask] - expected_states).norm() / expected_states.norm()).item(),
+            "logits": ((got.logits - outputs.logits).norm() / outputs.logits.norm()).item(),
+        }
+    assert errors["projected"]["states"] < 0.75 * errors["random"]["states"], errors
+    assert errors["projected"]["logits"] < 0.75 * errors["random"]["logits"], errors
 
 
 def test_save_and_reload_round_trip(teacher, tmp_path):

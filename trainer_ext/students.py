@@ -135,10 +135,12 @@ def build_student(
       `layers[i]` (default `evenly_spaced_layers`) with its most important attention heads and feed-forward neurons
       (largest product of input and output weight norms) and the hidden side projected, `W_in @ P` and
       `P.T @ W_out`; LayerNorm scales become `diag(P.T diag(gamma) P)`; the pooler and classification head are
-      projected the same way. This needs the teacher's head size, so a preset's head count gives way to
-      `hidden_size / teacher_head_size`, and a preset's feed-forward width is capped at the teacher's (explicit,
-      conflicting values are errors). `encoder_init="random"` keeps a random encoder (seeded with `seed`, without
-      touching the global RNG) and only the projected embeddings.
+      projected the same way. MPNet's relative attention bias is one table shared by every layer, so for MPNet the
+      heads are chosen once for all layers (by each head's share of its layer's score, summed over the kept layers)
+      and the bias keeps those heads' columns. This needs the teacher's head size, so a preset's head count gives
+      way to `hidden_size / teacher_head_size`, and a preset's feed-forward width is capped at the teacher's
+      (explicit, conflicting values are errors). `encoder_init="random"` keeps a random encoder (seeded with
+      `seed`, without touching the global RNG) and only the projected embeddings.
       `P` spans the top principal directions of the teacher's hidden states (every layer, real tokens, uncentred:
       `hidden_state_projection`) when `calibration_inputs` are given, since the residual stream is what every
       projected weight reads and writes; otherwise those of its word embeddings (`pca_projection`). Measured by
@@ -150,7 +152,7 @@ def build_student(
 
     Args:
         teacher: A sequence-classification model whose encoder layers are named `encoder.layer.N.` (BERT, RoBERTa,
-            ELECTRA, ...) or `transformer.layer.N.` (DistilBERT).
+            ELECTRA, MPNet, ...) or `transformer.layer.N.` (DistilBERT).
         preset: Name of a shape in `STUDENT_PRESETS`, e.g. `"bert-mini"`. Explicit size arguments override it.
         num_hidden_layers: Depth of the student.
         layers: Teacher layers to keep (layer-subset mode only).
@@ -453,7 +455,9 @@ def hidden_state_projection(
     return _fixed_signs(vectors[:, -dim:].flip(1).float().contiguous())
 
 
-# Per-layer module names of the supported families: BERT-style (BERT, RoBERTa, ELECTRA, XLM-R, ...) and DistilBERT.
+# Per-layer module names of the supported families: BERT-style (BERT, RoBERTa, ELECTRA, XLM-R, ...), DistilBERT and
+# MPNet. `head_bias`, where present, is the path from the base model to a relative attention bias of shape
+# (buckets, heads) that every layer shares.
 _LAYER_NAMES: tuple[dict[str, Any], ...] = (
     dict(
         qkv=("attention.self.query", "attention.self.key", "attention.self.value"),
@@ -468,6 +472,14 @@ _LAYER_NAMES: tuple[dict[str, Any], ...] = (
         ffn_in="ffn.lin1",
         ffn_out="ffn.lin2",
         norms=("sa_layer_norm", "output_layer_norm"),
+    ),
+    dict(
+        qkv=("attention.attn.q", "attention.attn.k", "attention.attn.v"),
+        out="attention.attn.o",
+        ffn_in="intermediate.dense",
+        ffn_out="output.dense",
+        norms=("attention.LayerNorm", "output.LayerNorm"),
+        head_bias="encoder.relative_attention_bias",
     ),
 )
 
@@ -496,10 +508,12 @@ def _project_encoder(teacher: PreTrainedModel, student: PreTrainedModel, project
     )
     if names is None:
         raise ValueError(
-            f"{type(teacher).__name__}'s layers are not BERT- or DistilBERT-style, so they cannot be projected; "
-            'use encoder_init="random".'
+            f"{type(teacher).__name__}'s layers are not BERT-, DistilBERT- or MPNet-style, so they cannot be "
+            'projected; use encoder_init="random".'
         )
     head_size = teacher.config.hidden_size // teacher.config.num_attention_heads
+    wanted_heads = student.config.num_attention_heads
+    skipped = {id(m) for m in student_layers.modules()}
 
     def copy_(target: torch.Tensor, value: torch.Tensor) -> None:
         target.copy_(value.to(target.dtype))
@@ -508,19 +522,25 @@ def _project_encoder(teacher: PreTrainedModel, student: PreTrainedModel, project
         copy_(target.weight, (p * p).T @ source.weight.float())  # diag(P^T diag(gamma) P)
         copy_(target.bias, p.T @ source.bias.float())
 
-    for source_index, target in zip(kept, student_layers):
-        source = teacher_layers[source_index]
+    sources = [teacher_layers[i] for i in kept]
+    head_scores = [_head_scores(_get(s, names["qkv"][2]), _get(s, names["out"]), head_size) for s in sources]
+    if "head_bias" in names:
+        # Student head j reads column j of the shared bias in every layer, so it must stand for the same teacher head
+        # in every layer: one set of heads, ranked by their share of each kept layer's total score, summed.
+        shared = sum(scores / scores.sum() for scores in head_scores).topk(wanted_heads).indices.sort().values
+        kept_heads = [shared] * len(sources)
+        source_bias, target_bias = (_get(m.base_model, names["head_bias"]) for m in (teacher, student))
+        copy_(target_bias.weight, source_bias.weight.float()[:, shared])
+        skipped.add(id(target_bias))
+    else:
+        kept_heads = [scores.topk(wanted_heads).indices.sort().values for scores in head_scores]
+
+    for source, target, heads in zip(sources, student_layers, kept_heads):
         q, k, v = (_get(source, m) for m in names["qkv"])
         out = _get(source, names["out"])
         ffn_in, ffn_out = _get(source, names["ffn_in"]), _get(source, names["ffn_out"])
-        # Heads and neurons ranked by how much they can move the residual stream: |input weights| x |output weights|.
-        num_heads = out.weight.shape[1] // head_size
-        v_norms = v.weight.float().reshape(num_heads, head_size, -1).flatten(1).norm(dim=1)
-        out_norms = out.weight.float().reshape(out.weight.shape[0], num_heads, head_size).transpose(0, 1)
-        head_scores = v_norms * out_norms.flatten(1).norm(dim=1)
-        wanted_heads = student.config.num_attention_heads
-        heads = head_scores.topk(wanted_heads).indices.sort().values
-        rows = (heads[:, None] * head_size + torch.arange(head_size)).flatten()
+        rows = (heads[:, None] * head_size + torch.arange(head_size, device=heads.device)).flatten()
+        # Neurons ranked like heads (see _head_scores): |input weights| x |output weights|.
         neuron_scores = ffn_in.weight.float().norm(dim=1) * ffn_out.weight.float().norm(dim=0)
         neurons = neuron_scores.topk(_get(target, names["ffn_in"]).weight.shape[0]).indices.sort().values
         for name, linear in zip(names["qkv"], (q, k, v)):
@@ -539,9 +559,8 @@ def _project_encoder(teacher: PreTrainedModel, student: PreTrainedModel, project
     # whichever side has the hidden width, an Embedding on its columns, a LayerNorm as above.
     width = teacher.config.hidden_size
     teacher_modules = dict(teacher.named_modules())
-    student_layer_ids = {id(m) for m in student_layers.modules()}
     for name, target in student.named_modules():
-        if id(target) in student_layer_ids or name not in teacher_modules:
+        if id(target) in skipped or name not in teacher_modules:
             continue
         source = teacher_modules[name]
         if isinstance(target, nn.Embedding) and source.weight.shape[1] == width:
@@ -555,6 +574,14 @@ def _project_encoder(teacher: PreTrainedModel, student: PreTrainedModel, project
             copy_(target.weight, weight)
             if target.bias is not None:
                 copy_(target.bias, p.T @ source.bias.float() if source.bias.shape[0] == width else source.bias)
+
+
+def _head_scores(value: nn.Linear, out: nn.Linear, head_size: int) -> torch.Tensor:
+    """Each attention head's score, `|value weights| x |output weights|`: how much it can move the residual stream."""
+    num_heads = out.weight.shape[1] // head_size
+    value_norms = value.weight.float().reshape(num_heads, head_size, -1).flatten(1).norm(dim=1)
+    out_norms = out.weight.float().reshape(out.weight.shape[0], num_heads, head_size).transpose(0, 1)
+    return value_norms * out_norms.flatten(1).norm(dim=1)
 
 
 def _has(module: nn.Module, path: str) -> bool:
