@@ -77,9 +77,16 @@ def training_data(run_dir: Path, row: str, splits: Any, min_confidence: float | 
 
 
 def train_row(
-    run_dir: Path, row: str, seed: int, recipe: Any, splits: Any, work: Path, min_confidence: float | None = None
+    run_dir: Path,
+    row: str,
+    seed: int,
+    recipe: Any,
+    splits: Any,
+    work: Path,
+    min_confidence: float | None = None,
+    init: Path | None = None,
 ) -> dict[str, Any]:
-    init = run_dir / "student_init"
+    init = init or run_dir / "student_init"
     tokenizer = AutoTokenizer.from_pretrained(init)
     model = AutoModelForSequenceClassification.from_pretrained(init, dtype=torch.float32)
     train = training_data(run_dir, row, splits, min_confidence)
@@ -152,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=[*ROWS, *SOURCE_ROWS])
     parser.add_argument("--by-source", action="store_true", help="Add the transfer set's sources as separate rows.")
+    parser.add_argument("--init", type=Path, help="Another initial student (default: the run's student_init).")
     parser.add_argument("--min-confidence", type=float, help="Add distilled_confident with this threshold.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     parser.add_argument("--merge", type=Path, nargs="+", help="Summarize the --json files of earlier runs instead.")
@@ -188,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in args.seeds:
         for row in rows:
-            result = train_row(run_dir, row, seed, recipe, splits, run_dir / "ablation_seeds", args.min_confidence)
+            work = run_dir / "ablation_seeds"
+            result = train_row(run_dir, row, seed, recipe, splits, work, args.min_confidence, args.init)
             results.append(result)
             print(
                 f"seed {seed} {row:<20} "
