@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for seed in args.seeds:
         for row in rows:
-            work = run_dir / "ablation_seeds"
+            work = run_dir / "ablation_seeds" / (args.init.name if args.init else "student_init")
             result = train_row(run_dir, row, seed, recipe, splits, work, args.min_confidence, args.init)
             results.append(result)
             print(
