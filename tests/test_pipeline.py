@@ -294,6 +294,7 @@ def test_preset_student_can_be_narrowed_from_another_pretrained_model(tmp_path, 
     # Its layers are the source's, not the teacher's: no layer map to the teacher for hidden-state losses.
     assert "trainer_ext_teacher_layers" not in config
     assert results["variants"]["student_distilled"]["accuracy"] is not None
+    assert results["student_base"].startswith(f"the toy preset narrowed from {assets['student']}: its layers [0]")
     with pytest.raises(PipelineError, match="other settings"):  # the source is part of the students' key
         Pipeline(load_recipe(recipe_path, overrides={"run": {"student_init_from": "null"}}), lambda _m: 0).run()
 

@@ -577,8 +577,20 @@ class Pipeline:
         name = packaged.description if packaged else self.args.teacher
         if self._needs_fine_tuning(source, label_names(self.data["train"])):
             epochs = self.recipe.teacher_training.num_train_epochs
-            return f"{name}, fine-tuned here on the training split for {epochs:g} epochs"
+            return f"{name}, fine-tuned here on the training split for {epochs:g} epoch{'' if epochs == 1 else 's'}"
         return name
+
+    def _describe_student_base(self, config: Any) -> str:
+        a = self.args
+        if a.student not in STUDENT_PRESETS:
+            return a.student
+        # build_student calls the model it narrows "teacher"; here that is student_init_from when it is set.
+        init = str(getattr(config, "trainer_ext_student_init", "its vocabulary"))
+        if a.student_init_from is None:
+            return f"the {a.student} preset built from the teacher: {init}"
+        packaged = PACKAGED_SOURCES.get(a.student_init_from)
+        source = packaged.description if packaged else a.student_init_from
+        return f"the {a.student} preset narrowed from {source}: {init.replace('teacher layers', 'its layers', 1)}"
 
     def _teacher_quantization_args(self) -> Any:
         # The reference row "teacher, ONNX Runtime INT8" was dynamic quantization; the same search, dynamic only, and
@@ -655,12 +667,7 @@ class Pipeline:
                 ),
                 None,
             ),
-            student_base=(
-                f"the {a.student} preset built from the teacher: "
-                + str(getattr(student, "trainer_ext_student_init", "its vocabulary"))
-                if a.student in STUDENT_PRESETS
-                else a.student
-            ),
+            student_base=self._describe_student_base(student),
             distillation={k: getattr(self.recipe.student_training, k) for k in DISTILLATION_SETTINGS},
             augmentation=read_stats(self.out / "augmentation"),
             quantization=json.loads(report.read_text()) if report.exists() else None,

@@ -239,6 +239,9 @@ class _SectionParser(HfArgumentParser):
         hints = typing.get_type_hints(SECTIONS[self.section])
         argv = []
         for key, value in overrides.items():
+            if str(value).lower() in ("null", "none") and type(None) in typing.get_args(hints[key]):
+                self.set_defaults(**{key: None})  # argparse would keep "null" as a string for a `str | None` field
+                continue
             is_list = list in (typing.get_origin(hints[key]), *map(typing.get_origin, typing.get_args(hints[key])))
             argv += [f"--{key}", *(str(value).replace(",", " ").split() if is_list else [str(value)])]
         try:
