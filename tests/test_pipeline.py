@@ -15,7 +15,7 @@ from conftest import free_port, make_bert, make_sentences, train_wordpiece_token
 from datasets import load_from_disk
 from huggingface_hub import ModelCard
 from test_augmentation import byte_level_tokenizer, tiny_gpt2
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from trainer_ext.augmentation import read_stats
 from trainer_ext.pipeline import STAGES, Pipeline, PipelineError
@@ -196,6 +196,31 @@ def test_ablation_seeds_benchmark_retrains_the_student_rows_from_the_saved_input
     assert ablation_seeds.main(["--merge", str(report), str(other), "--json", str(merged)]) == 0
     merged = json.loads(merged.read_text())
     assert merged["seeds"] == [3, 4, 5] and len(merged["summary"]["no_distillation"]["test"]["per_seed"]) == 3
+
+
+def test_precision_is_measured_on_each_stage_model_where_bf16_is_supported(finished_run, tmp_path, monkeypatch):
+    """With bf16 support (forced here), `auto` times both precisions on the stage's own model and a real batch: a
+    classifier's training step on labels, the generator's on its own tokens."""
+    import trainer_ext.pipeline as pipeline_module
+
+    root, recipe_path, _, _ = finished_run
+    real = pipeline_module.choose_precision
+    monkeypatch.setattr(
+        pipeline_module, "choose_precision", lambda *a, **k: real(*a, **k, steps=1, support=(True, "forced"))
+    )
+    pipeline = Pipeline(load_recipe(recipe_path, overrides={"run": {"output_dir": str(tmp_path)}}), lambda _m: 0)
+    pipeline.data = pipeline.stage_data()
+    generator = AutoModelForCausalLM.from_pretrained(root / "generator")
+    generator_tokenizer = AutoTokenizer.from_pretrained(root / "generator")
+    generator_tokenizer.pad_token = generator_tokenizer.eos_token  # as TextGenerationAugmenter sets it
+    teacher = AutoModelForSequenceClassification.from_pretrained(root / "out" / "teacher")
+    for stage, model, tokenizer in (
+        ("generator", generator, generator_tokenizer),
+        ("student_training", teacher, AutoTokenizer.from_pretrained(root / "out" / "teacher")),
+    ):
+        choice = pipeline._precision(stage, model, tokenizer, train=True)
+        assert choice.fp32_seconds > 0 and choice.bf16_seconds > 0, stage
+    assert set(json.loads((tmp_path / "precision.json").read_text())) == {"generator", "student_training"}
 
 
 def test_rerun_resumes_and_redoes_nothing(finished_run):

@@ -338,11 +338,10 @@ class Pipeline:
         batch = dict(
             tokenizer(texts, padding=True, truncation=True, max_length=self.args.max_length, return_tensors="pt")
         )
-        if train:
+        if train:  # a causal LM (the generator) learns its own tokens; a classifier the labels
+            causal = getattr(model, "can_generate", lambda: False)()
             batch["labels"] = (
-                batch["input_ids"].clone()
-                if getattr(model.config, "is_decoder", False) or not hasattr(model.config, "num_labels")
-                else torch.tensor(self.data["train"]["label"][:size])
+                batch["input_ids"].clone() if causal else torch.tensor(self.data["train"]["label"][:size])
             )
         device = "cuda" if torch.cuda.is_available() else "cpu"
         choice = choose_precision(stage, model.to(device), batch, self.args.precision, train=train, device=device)
