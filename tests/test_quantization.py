@@ -250,23 +250,31 @@ def test_quantize_command(tmp_path, tokenizer, capsys):
     assert "trainer-ext quantize: error: --output_dir is required" in capsys.readouterr().err
 
 
-def test_sensitive_nodes_are_excluded_when_nothing_passes(tmp_path, tokenizer, monkeypatch):
-    """Every plain candidate is made to fail; the retry keeps the most sensitive nodes in FP32 and passes."""
+def _fail_plain_candidates(monkeypatch, data, on_probe=None) -> None:
+    """Every plain INT8 candidate predicts the wrong label; the FP32 model, node probes and retries stay real."""
     import trainer_ext.quantization as q
 
-    model = make_bert(tokenizer, hidden_size=64, seed=3)
-    data = make_dataset(tokenizer, n=32)
     real = q.ClassifierRunner.logits
 
     def sabotaged(runner, texts, **kwargs):
         logits = real(runner, texts, **kwargs)
         name = runner.path.name if runner.path else "model.onnx"
+        if "probe" in name and on_probe is not None:
+            on_probe()
         if name == "model.onnx" or "probe" in name or "exclude" in name:
             return logits
         wrong = 1 - np.asarray(list(data["label"]))[: len(logits)]
         return np.eye(2, dtype=np.float32)[wrong]
 
     monkeypatch.setattr(q.ClassifierRunner, "logits", sabotaged)
+
+
+def test_sensitive_nodes_are_excluded_when_nothing_passes(tmp_path, tokenizer, monkeypatch):
+    """Every plain candidate is made to fail; the retry keeps the most sensitive nodes in FP32 and passes."""
+
+    model = make_bert(tokenizer, hidden_size=64, seed=3)
+    data = make_dataset(tokenizer, n=32)
+    _fail_plain_candidates(monkeypatch, data)
     args = QuantizationArguments(
         approach="dynamic",
         per_channel=False,
@@ -296,22 +304,11 @@ def test_node_probing_stops_at_the_time_budget(tmp_path, tokenizer, monkeypatch)
 
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     data = make_dataset(tokenizer, n=32)
-    real = q.ClassifierRunner.logits
     late = {"offset": 0.0}
     clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + late["offset"])
     monkeypatch.setattr(q, "time", clock)  # the search's clock only; latency timing keeps the real one
-
-    def sabotaged(runner, texts, **kwargs):
-        logits = real(runner, texts, **kwargs)
-        name = runner.path.name if runner.path else "model.onnx"
-        if "probe" in name:
-            late["offset"] = 1e9  # the budget runs out while the first node is probed
-        if name == "model.onnx" or "probe" in name or "exclude" in name:
-            return logits
-        wrong = 1 - np.asarray(list(data["label"]))[: len(logits)]
-        return np.eye(2, dtype=np.float32)[wrong]
-
-    monkeypatch.setattr(q.ClassifierRunner, "logits", sabotaged)
+    # The budget runs out while the first node is probed.
+    _fail_plain_candidates(monkeypatch, data, on_probe=lambda: late.update(offset=1e9))
     args = QuantizationArguments(
         approach="dynamic",
         per_channel=False,
