@@ -163,6 +163,26 @@ def test_leaked_and_duplicate_samples_are_dropped(corpus, gen_tokenizer):
     assert stats["rejected"]["in_train_or_eval"] == 2 and stats["rejected"]["duplicate"] == 1
 
 
+def test_batches_are_sized_to_what_is_still_needed(gen_tokenizer):
+    """The last batches ask for the shortfall at the acceptance rate seen so far, not for a full batch."""
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(generation_batch_size=8))
+    augmenter._min_words, augmenter._max_words = 2, 40
+    batches: list[int] = []
+    counter = iter(range(10_000))
+
+    def half_too_short(prompts, seed):
+        batches.append(len(prompts))
+        return [f"sentence number {next(counter)}" if i % 2 == 0 else "short" for i in range(len(prompts))]
+
+    augmenter.generate_batch = half_too_short
+    kept, stats = augmenter._generate_all(LABELS[:2], [5, 5], set(), LABELS[:2], shard_dir=None, seed=7)
+    assert len(kept) == 10
+    # First batch: 10 needed, at most 8 asked; half pass, so the rest are asked at twice the shortfall.
+    assert batches[0] == 8 and all(b <= 8 for b in batches)
+    assert stats["rejected"].get("label_full", 0) <= 2
+    assert sum(batches) == stats["generated"] <= 22
+
+
 def test_same_seed_same_output_and_resume(tmp_path, corpus, gen_tokenizer):
     model = tiny_gpt2(gen_tokenizer, seed=1)
     first = TextGenerationAugmenter(model, gen_tokenizer, make_args(tmp_path / "a")).augment(corpus)
@@ -322,6 +342,31 @@ def test_packaged_smollm2_gguf_loads_and_generates():
     texts = augmenter.generate_batch(["negative\t", "positive\t", "a longer prompt here\t"], seed=0)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert texts == augmenter.generate_batch(["negative\t", "positive\t", "a longer prompt here\t"], seed=0)
+
+
+def test_a_gguf_generator_is_converted_once_into_the_cache(tmp_path, monkeypatch, gen_tokenizer):
+    """The first load of a .gguf file saves the converted model and tokenizer; later loads read that folder."""
+    from trainer_ext import augmentation
+
+    monkeypatch.setenv("TRAINER_EXT_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "models" / "tiny.Q4.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF not really")
+    calls = []
+    real = augmentation._load_causal_lm
+
+    def fake_gguf_load(name_or_path, gguf_file=None):
+        calls.append((name_or_path, gguf_file))
+        return (tiny_gpt2(gen_tokenizer), gen_tokenizer) if gguf_file else real(name_or_path)
+
+    monkeypatch.setattr(augmentation, "_load_causal_lm", fake_gguf_load)
+    first, _ = augmentation.load_generator(str(gguf))
+    converted = tmp_path / "cache" / f"gguf-tiny.Q4-{gguf.stat().st_size}"
+    assert calls == [(str(gguf.parent), gguf.name)] and (converted / "config.json").is_file()
+    second, tokenizer = augmentation.load_generator(str(gguf))
+    assert calls[-1] == (str(converted), None) and tokenizer.eos_token == gen_tokenizer.eos_token
+    assert torch.equal(first.lm_head.weight, second.lm_head.weight)
+    assert not list(converted.parent.glob(".*.tmp*"))  # written atomically: no temporary folder left
 
 
 def test_split_sentences():
