@@ -78,3 +78,37 @@ def test_pytorch_and_onnx_runners_agree_and_measure_variants_accuracy_is_the_arg
     assert results["pt"]["eval_examples"] == 40 and results["pt"]["latency_ms"] > 0
     without_data = measure_variants({"onnx": onnx}, runs=2)["onnx"]
     assert without_data["accuracy"] is None and without_data["eval_examples"] == 0
+
+
+def test_serving_shapes_feed_real_lengths_fixed_padding_and_one_batch(tokenizer):
+    """Each shape times what it names: batch 1 at every sentence's own length, batch 1 padded, one batch of 32."""
+    from trainer_ext.benchmark import SERVING_SHAPES, serving_latency
+
+    runner = ClassifierRunner(make_bert(tokenizer, seed=2), tokenizer)
+    seen: list[tuple[int, ...]] = []
+    forward = runner._forward
+    runner._forward = lambda feed: (seen.append(tuple(feed["input_ids"].shape)), forward(feed))[1]
+    texts = [" ".join(["good"] * (i % 7 + 1)) + " film" for i in range(40)]
+    own = [len(tokenizer(t)["input_ids"]) for t in texts[:32]]
+    shapes = serving_latency({"m": runner}, texts, sequence_length=48, runs=10)["m"]
+    assert set(shapes) == set(SERVING_SHAPES)
+    assert all(m["median_ms"] > 0 for m in shapes.values())
+    batch1 = [s[1] for s in seen if s[0] == 1]
+    assert set(own) <= set(batch1) and 48 in batch1 and max(own) < 48  # real lengths, and the padded one
+    assert (32, max(own)) in seen  # one batch of the first 32 sentences, padded to the longest
+    # Per sentence, a batch is cheaper than a padded batch-1 call.
+    assert shapes["batch_32"]["median_ms"] < shapes["fixed_length"]["median_ms"]
+
+
+def test_onnx_sessions_use_the_recorded_settings(tmp_path, tokenizer):
+    from trainer_ext.benchmark import onnx_session, onnx_session_settings
+    from trainer_ext.quantization import export_onnx
+
+    make_bert(tokenizer, seed=1).save_pretrained(tmp_path / "m")
+    session = onnx_session(export_onnx(tmp_path / "m", tmp_path / "onnx"), num_threads=2)
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    settings = onnx_session_settings(2)
+    assert settings["intra_op_num_threads"] == 2 and settings["intra_op_allow_spinning"] is True
+    assert settings["version"] == __import__("onnxruntime").__version__

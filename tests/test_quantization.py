@@ -7,7 +7,7 @@ import torch
 from conftest import args_for, make_bert, make_dataset
 from transformers import PretrainedConfig, PreTrainedModel, pipeline
 
-from trainer_ext.benchmark import ClassifierRunner
+from trainer_ext.benchmark import SERVING_SHAPES, ClassifierRunner
 from trainer_ext.quantization import REPORT_FILE, QuantizationArguments, QuantizationError, quantize_model
 
 
@@ -50,6 +50,24 @@ def test_every_trial_is_reported_with_measurements(quantized):
     assert built and all(t["size_mb"] > 0 and t["latency"]["median_ms"] > 0 for t in built)
     assert all(t["size_mb"] < report["fp32"]["size_mb"] for t in built)
 
+
+
+def test_each_serving_shape_gets_the_fastest_passing_candidate(quantized):
+    """Every shape's pick is the fastest candidate that passed and beat FP32 in that shape, else FP32."""
+    _, _, _, report = quantized
+    assert set(report["per_shape"]) == set(SERVING_SHAPES) == set(report["fp32"]["shapes"])
+    built = [t for t in report["trials"] if "shapes" in t]
+    assert built and all(set(t["shapes"]) == set(SERVING_SHAPES) for t in built)
+    for shape, pick in report["per_shape"].items():
+        fp32_ms = report["fp32"]["shapes"][shape]["median_ms"]
+        faster_passing = [t for t in built if t.get("passed") and t["shapes"][shape]["median_ms"] < fp32_ms]
+        if pick["name"] == "fp32":
+            assert not faster_passing
+            continue
+        trial = next(t for t in built if t["name"] == pick["name"])
+        assert trial["passed"] and pick["median_ms"] == trial["shapes"][shape]["median_ms"] < fp32_ms
+        assert pick["median_ms"] == min(t["shapes"][shape]["median_ms"] for t in faster_passing)
+        assert pick["saved"] == (pick["name"] == report["chosen"]["name"])
 
 def test_int8_model_loads_in_a_pipeline_and_mostly_agrees(tmp_path, tokenizer):
     model = make_bert(tokenizer, hidden_size=64, num_hidden_layers=2, seed=3)

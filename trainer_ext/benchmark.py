@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +20,36 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .students import count_parameters
 
 
-def onnx_session(path: str | os.PathLike, num_threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session with the same intra-op thread count as PyTorch (`torch.get_num_threads()`).
+def onnx_session_settings(num_threads: int | None = None) -> dict[str, Any]:
+    """The ONNX Runtime settings every session here uses, as recorded beside its figures.
 
-    ONNX Runtime's own default (0) picks its thread pool from the physical core count; on this 2-vCPU machine that
-    measured 20-30% slower than an explicit 2 for both BERT-Base and the student, so every ONNX figure here uses an
-    explicit count, recorded next to it, and PyTorch and ONNX rows run on the same number of threads.
+    Set explicitly rather than left to defaults that change between releases: intra-op threads equal to PyTorch's
+    (ONNX Runtime's own default, 0, picks the physical core count; on the 2-vCPU machines that measured 20-30% slower
+    than an explicit 2), with the intra-op pool spinning between calls (lower batch-1 latency: 1.93 ms against
+    2.81 ms with spinning off, issue 13), one inter-op thread (a BERT graph is one chain of operators) and every
+    graph optimization.
     """
     import onnxruntime
 
+    return {
+        "version": onnxruntime.__version__,
+        "intra_op_num_threads": num_threads or torch.get_num_threads(),
+        "inter_op_num_threads": 1,
+        "intra_op_allow_spinning": True,
+        "graph_optimization_level": "ORT_ENABLE_ALL",
+    }
+
+
+def onnx_session(path: str | os.PathLike, num_threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with `onnx_session_settings` (threads as PyTorch's, spinning on, inter-op 1)."""
+    import onnxruntime
+
+    settings = onnx_session_settings(num_threads)
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = num_threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = settings["intra_op_num_threads"]
+    options.inter_op_num_threads = settings["inter_op_num_threads"]
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -54,6 +74,7 @@ class ClassifierRunner:
             self.input_names = {i.name for i in self.session.get_inputs()}
             self.size_mb = os.path.getsize(model) / 1e6
             self.runtime = "ONNX Runtime " + ("INT8" if "quantized" in self.path.name else "FP32")
+            self.runtime_version = f"onnxruntime {onnx_session_settings()['version']}"
         else:
             self.path, self.model, self.session = None, model.eval(), None
             self.input_names = set(inspect.signature(model.forward).parameters)
@@ -61,6 +82,7 @@ class ClassifierRunner:
             # In-memory size of parameters and buffers, in MB (1e6 bytes).
             self.size_mb = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 1e6
             self.runtime, self.parameters = "PyTorch FP32", count_parameters(model)
+            self.runtime_version = f"torch {torch.__version__}"
 
     def _feed(self, inputs: dict[str, Any]) -> dict[str, Any]:
         if self.session is not None:
@@ -101,6 +123,37 @@ class ClassifierRunner:
         setting); tokenization is done once, outside the timed call."""
         feed = self.encode([text], max_length=sequence_length, padding="max_length")
         return lambda: self._forward(feed)
+
+    def shape_call(self, shape: str, texts: list[str], *, max_length: int = 128, batch_size: int = 32) -> Callable:
+        """A no-argument callable for one timed call of a serving shape (`SERVING_SHAPES`); the batch-1 shapes take
+        the next of `texts` on each call, so the median covers the sentences' real lengths."""
+        if shape == "batch_32":
+            feed = self.encode(texts[:batch_size], max_length=max_length)
+            return lambda: self._forward(feed)
+        if shape == "real_length":
+            feeds = [self.encode([t], max_length=max_length, padding=False) for t in texts]
+            return _cycling([partial(self._forward, feed) for feed in feeds])
+        if shape == "real_length_tokenized":
+            return _cycling([partial(self._encode_and_forward, t, max_length) for t in texts])
+        raise ValueError(f"Unknown serving shape {shape!r}; choose from {list(SERVING_SHAPES)}.")
+
+    def _encode_and_forward(self, text: str, max_length: int) -> np.ndarray:
+        return self._forward(self.encode([text], max_length=max_length, padding=False))
+
+
+# How a model is served, each measured at batch 1 unless named: the default serving figure is real length.
+SERVING_SHAPES = {
+    "real_length": "batch 1 at the sentence's own length (no padding), tokenization excluded",
+    "real_length_tokenized": "batch 1 at the sentence's own length, the fast tokenizer's call included",
+    "fixed_length": "batch 1 padded to the fixed sequence length (64 by default: the reference's convention), "
+    "tokenization excluded",
+    "batch_32": "batches of 32 sentences padded to the longest, milliseconds per sentence",
+}
+
+
+def _cycling(calls: list[Callable[[], Any]]) -> Callable[[], Any]:
+    it = itertools.cycle(calls)
+    return lambda: next(it)()
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -174,6 +227,50 @@ def latency_rounds(runs: int) -> tuple[int, int]:
     return max(1, runs // per_round), per_round
 
 
+def serving_latency(
+    runners: dict[str, ClassifierRunner],
+    texts: list[str],
+    *,
+    sequence_length: int = 64,
+    runs: int = 100,
+    batch_size: int = 32,
+    max_length: int = 128,
+    shapes: Sequence[str] = tuple(SERVING_SHAPES),
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Latency of every runner in each of `shapes` (`SERVING_SHAPES`; the fixed length always):
+    `{runner: {shape: {median_ms, p90_ms, runs}}}`.
+
+    Each shape is one interleaved group (`interleaved_latency`), so the runners' ratios within a shape hold. The
+    batch-1 shapes cycle through the first `batch_size` of `texts`; `batch_32` times one batch of them and reports
+    milliseconds per sentence, from a tenth as many calls.
+    """
+    sample = texts[:batch_size] or ["a short example sentence"]
+    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in runners}
+    fixed = fixed_length_latency(runners, sample[0], sequence_length=sequence_length, runs=runs)
+    warmup_s = 0.25 if runs >= 50 else 0.0
+    unknown = sorted(set(shapes) - set(SERVING_SHAPES))
+    if unknown:
+        raise ValueError(f"Unknown serving shapes {unknown}; choose from {list(SERVING_SHAPES)}.")
+    for shape in [s for s in SERVING_SHAPES if s in shapes or s == "fixed_length"]:
+        if shape == "fixed_length":
+            measured = fixed
+        elif shape == "batch_32":
+            calls = {n: r.shape_call(shape, sample, max_length=max_length) for n, r in runners.items()}
+            rounds, per_round = latency_rounds(max(runs // 10, 1))
+            measured = interleaved_latency(calls, rounds=rounds, runs_per_round=per_round, warmup=1, warmup_s=0)
+            measured = {
+                n: {"median_ms": m["median_ms"] / len(sample), "p90_ms": m["p90_ms"] / len(sample), "runs": m["runs"]}
+                for n, m in measured.items()
+            }
+        else:
+            calls = {n: r.shape_call(shape, sample, max_length=max_length) for n, r in runners.items()}
+            rounds, per_round = latency_rounds(runs)
+            measured = interleaved_latency(calls, rounds=rounds, runs_per_round=per_round, warmup_s=warmup_s)
+        for name in runners:
+            out[name][shape] = measured[name]
+    return out
+
+
 def measure_variants(
     models: dict[str, ClassifierRunner],
     eval_dataset: Any = None,
@@ -185,24 +282,27 @@ def measure_variants(
     batch_size: int = 32,
     max_length: int = 128,
 ) -> dict[str, dict[str, Any]]:
-    """Accuracy on `eval_dataset` (when given), batch-1 latency at `sequence_length`, size and parameters of each model.
+    """Accuracy on `eval_dataset` (when given), latency in every serving shape, size and parameters of each model.
 
     Every variant of a run is measured here, on the same sentences and settings, latency timed in alternation
-    (`fixed_length_latency`), so their rows compare.
+    (`serving_latency`), so their rows compare. `latency_ms` is the reference's convention (batch 1, padded to
+    `sequence_length`); `shapes` has every serving shape.
     """
     texts = [str(t) for t in eval_dataset[text_column]] if eval_dataset is not None else ["a short example sentence"]
     labels = np.asarray(list(eval_dataset[label_column])) if eval_dataset is not None else None
-    latency = fixed_length_latency(models, texts[0], sequence_length=sequence_length, runs=runs)
+    shapes = serving_latency(models, texts, sequence_length=sequence_length, runs=runs, max_length=max_length)
     return {
         name: {
             "accuracy": None
             if labels is None
             else accuracy(runner.logits(texts, batch_size=batch_size, max_length=max_length), labels),
-            "latency_ms": latency[name]["median_ms"],
-            "latency_p90_ms": latency[name]["p90_ms"],
+            "latency_ms": shapes[name]["fixed_length"]["median_ms"],
+            "latency_p90_ms": shapes[name]["fixed_length"]["p90_ms"],
+            "shapes": {shape: {k: m[k] for k in ("median_ms", "p90_ms")} for shape, m in shapes[name].items()},
             "size_mb": runner.size_mb,
             "parameters": runner.parameters,
             "runtime": runner.runtime,
+            "runtime_version": runner.runtime_version,
             "eval_examples": 0 if labels is None else len(labels),
         }
         for name, runner in models.items()

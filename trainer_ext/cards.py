@@ -103,6 +103,9 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}" if _is_number(value) else NOT_MEASURED
 
 
+BATCH_SHAPES = ("real_length", "real_length_tokenized", "batch_32")  # the columns beside the fixed-length one
+
+
 def _rows(results: Results) -> list[dict[str, str]]:
     return [
         {
@@ -110,6 +113,7 @@ def _rows(results: Results) -> list[dict[str, str]]:
             "runtime": md(v.runtime or ("" if v.measured else NOT_MEASURED)),
             "metric": _fmt(100 * v.accuracy, ".2f", "%") if _is_number(v.accuracy) else NOT_MEASURED,
             "latency": _fmt(v.latency_ms, ".2f"),
+            **{shape: _fmt((v.shapes or {}).get(shape, {}).get("median_ms"), ".2f") for shape in BATCH_SHAPES},
             "speedup": _fmt(v.speedup_vs_teacher, ".2f", "x"),
             "size": _fmt(v.size_mb, ".1f"),
             "parameters": _fmt(v.parameters, ","),
@@ -175,6 +179,18 @@ def _provenance(results: Results) -> list[str]:
                 "configurations; ONNX export checked against PyTorch (largest logit difference "
                 f"{md(_fmt(quant.get('export_max_abs_logit_diff'), '.1e'))})."
             )
+        if quant.get("per_shape"):
+            picks = "; ".join(
+                f"{md(shape)}: {md(pick['name'])} ({md(_fmt(pick.get('median_ms'), '.2f'))} ms, "
+                f"{md(_fmt(pick.get('speedup_vs_fp32'), '.2f', 'x'))} FP32's speed"
+                + (", the saved `model_quantized.onnx`" if pick.get("saved") else "")
+                + ")"
+                for shape, pick in quant["per_shape"].items()
+            )
+            lines.append(
+                f"Fastest configuration within the criterion for each serving shape (ONNX Runtime "
+                f"{md(quant.get('onnxruntime', {}).get('version', ''))}, on the validation search): {picks}."
+            )
     if results.precision:
         chosen = ", ".join(f"{md(k)} {md(v.get('precision'))}" for k, v in results.precision.items())
         lines.append(f"Precision per stage (detected and measured on the training machine): {chosen}.")
@@ -225,6 +241,29 @@ def _limitations(results: Results, extra: Iterable[str]) -> list[str]:
         lines.append(f"No INT8 model is included: {md(results.int8.note or 'quantization was not run')}.")
     lines += [md(x) for x in extra or ()]
     return lines
+
+
+def _latency_description(latency: dict[str, Any], results: Results) -> str:
+    """How the latency columns were measured: shapes, runs, threads, CPU, and each runtime's version."""
+    versions = sorted({v.runtime_version for v in results.variants.values() if v.runtime_version})
+    ort = latency.get("onnxruntime") or {}
+    text = (
+        f"median of {md(latency.get('runs', '?'))} runs after warm-up (batch 32: a tenth as many calls), "
+        f"{md(latency.get('threads', '?'))} threads on {md(latency.get('cpu') or platform.machine())}"
+    )
+    if versions:
+        text += "; " + ", ".join(md(v) for v in versions)
+    if ort:
+        text += (
+            f" (ONNX Runtime: {ort.get('intra_op_num_threads')} intra-op threads, spinning "
+            f"{'on' if ort.get('intra_op_allow_spinning') else 'off'}, {ort.get('inter_op_num_threads')} inter-op)"
+        )
+    shapes = latency.get("shapes") or {}
+    if shapes:
+        text += ". Columns: " + "; ".join(f"{md(name)}: {md(what)}" for name, what in shapes.items())
+    else:
+        text += f". Batch 1, length {md(latency.get('sequence_length', '?'))}, tokenization excluded"
+    return text
 
 
 def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | None:
@@ -357,11 +396,8 @@ def write_model_card(
         title=title,
         summary=summary,
         eval_description=", ".join(evaluation_bits),
-        latency_description=(
-            f"batch {latency.get('batch_size', 1)}, length {md(latency.get('sequence_length', '?'))}, median of "
-            f"{md(latency.get('runs', '?'))} runs after warm-up, tokenization excluded, "
-            f"{md(latency.get('threads', '?'))} threads on {md(latency.get('cpu') or platform.machine())}"
-        ),
+        latency_description=_latency_description(latency, results),
+        sequence_length=md(latency.get("sequence_length", "?")),
         metric_label=md(metric),
         rows=_rows(results),
         plot_file=plot_file,

@@ -594,7 +594,9 @@ class Pipeline:
     def _teacher_quantization_args(self) -> Any:
         # The reference row "teacher, ONNX Runtime INT8" was dynamic quantization; the same search, dynamic only, and
         # without the node-by-node repair: a reference row, and for a 12-layer teacher about a hundred probes.
-        return replace(self.recipe.quantization, approach="dynamic", sensitivity_top_k=0)
+        return replace(
+            self.recipe.quantization, approach="dynamic", sensitivity_top_k=0, serving_shapes=["fixed_length"]
+        )
 
     def stage_teacher_quantization(self) -> None:
         """The teacher as an INT8 ONNX model too (the reference's second row), in `teacher_int8/`."""
@@ -683,9 +685,13 @@ class Pipeline:
 
 
 def summary_table(results: dict[str, Any]) -> str:
-    """The run's measured variants, one line each (test split; latency at batch 1, length 64)."""
+    """The run's measured variants, one line each (test split). Latency in ms: batch 1 at each sentence's own length
+    (without and with tokenization), batch 1 padded to the fixed length (the speed-up's basis), and per sentence in
+    batches of 32."""
+    length = results.get("latency", {}).get("sequence_length", 64)
     header = (
-        f"{'variant':<26} {'runtime':<18} {'accuracy':>9} {'latency ms':>11} {'speed-up':>9} {'MB':>7} {'params':>12}"
+        f"{'variant':<26} {'runtime':<18} {'accuracy':>9} {'real ms':>8} {'+tok ms':>8} {f'len{length} ms':>9} "
+        f"{'b32 ms':>7} {'speed-up':>9} {'MB':>7} {'params':>12}"
     )
     lines = [header, "-" * len(header)]
     for name, v in results["variants"].items():
@@ -693,10 +699,18 @@ def summary_table(results: dict[str, Any]) -> str:
             lines.append(f"{name:<26} not measured: {v.get('note', '')}")
             continue
         params = f"{v['parameters']:,}" if v.get("parameters") else "-"
+        shapes = v.get("shapes") or {}
+        ms = {s: shapes.get(s, {}).get("median_ms", float("nan")) for s in ("real_length", "real_length_tokenized")}
         lines.append(
-            f"{name:<26} {v['runtime']:<18} {100 * v['accuracy']:>8.2f}% {v['latency_ms']:>11.2f} "
+            f"{name:<26} {v['runtime']:<18} {100 * v['accuracy']:>8.2f}% {ms['real_length']:>8.2f} "
+            f"{ms['real_length_tokenized']:>8.2f} {v['latency_ms']:>9.2f} "
+            f"{shapes.get('batch_32', {}).get('median_ms', float('nan')):>7.2f} "
             f"{v.get('speedup_vs_teacher', float('nan')):>8.2f}x {v['size_mb']:>7.1f} {params:>12}"
         )
+    latency = results.get("latency", {})
+    if latency.get("cpu"):
+        versions = sorted({v["runtime_version"] for v in results["variants"].values() if v.get("runtime_version")})
+        lines.append(f"measured on {latency['cpu']}, {latency.get('threads')} threads; " + ", ".join(versions))
     if results.get("precision"):
         lines.append("precision: " + ", ".join(f"{k} {v['precision']}" for k, v in results["precision"].items()))
     if results.get("stages"):

@@ -12,7 +12,14 @@ from typing import Any
 
 import torch
 
-from .benchmark import ClassifierRunner, cpu_name, latency_rounds, measure_variants
+from .benchmark import (
+    SERVING_SHAPES,
+    ClassifierRunner,
+    cpu_name,
+    latency_rounds,
+    measure_variants,
+    onnx_session_settings,
+)
 from .files import write_json
 
 RESULTS_FILE = "results.json"
@@ -36,6 +43,9 @@ class Variant:
     parameters: int | None = None
     eval_examples: int | None = None
     speedup_vs_teacher: float | None = None
+    runtime_version: str | None = None  # "onnxruntime 1.32.0", "torch 2.13.0+cpu"
+    # Latency by serving shape (benchmark.SERVING_SHAPES): {"real_length": {"median_ms": ..., "p90_ms": ...}, ...}
+    shapes: dict[str, dict[str, float]] | None = None
     note: str | None = None
 
     @property
@@ -173,6 +183,8 @@ def measure(
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
         "method": LATENCY_METHOD,
+        "shapes": dict(SERVING_SHAPES),
+        "onnxruntime": onnx_session_settings(),
     }
     return variants, latency
 
