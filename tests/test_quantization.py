@@ -51,7 +51,6 @@ def test_every_trial_is_reported_with_measurements(quantized):
     assert all(t["size_mb"] < report["fp32"]["size_mb"] for t in built)
 
 
-
 def test_each_serving_shape_gets_the_fastest_passing_candidate(quantized):
     """Every shape's pick is the fastest candidate that passed and beat FP32 in that shape, else FP32."""
     _, _, _, report = quantized
@@ -68,6 +67,7 @@ def test_each_serving_shape_gets_the_fastest_passing_candidate(quantized):
         assert trial["passed"] and pick["median_ms"] == trial["shapes"][shape]["median_ms"] < fp32_ms
         assert pick["median_ms"] == min(t["shapes"][shape]["median_ms"] for t in faster_passing)
         assert pick["saved"] == (pick["name"] == report["chosen"]["name"])
+
 
 def test_int8_model_loads_in_a_pipeline_and_mostly_agrees(tmp_path, tokenizer):
     model = make_bert(tokenizer, hidden_size=64, num_hidden_layers=2, seed=3)
