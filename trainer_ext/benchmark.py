@@ -68,7 +68,18 @@ class ClassifierRunner:
         num_threads: int | None = None,
     ) -> None:
         self.tokenizer, self.parameters = tokenizer, parameters
-        if isinstance(model, (str, os.PathLike)):
+        self.num_threads = num_threads or torch.get_num_threads()
+        if isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".xml":
+            from .openvino_backend import OpenVINOSession, version
+
+            self.path, self.model = Path(model), None
+            self.session = OpenVINOSession(model, self.num_threads)
+            self.input_names = set(self.session.names)
+            self.size_mb = (self.path.stat().st_size + self.path.with_suffix(".bin").stat().st_size) / 1e6
+            precision = "INT8" if "int8" in str(self.path) else self.session.inference_precision.upper()
+            self.runtime = f"OpenVINO {precision}"
+            self.runtime_version = f"openvino {version()}"
+        elif isinstance(model, (str, os.PathLike)):
             self.path, self.model = Path(model), None
             self.session = onnx_session(model, num_threads)
             self.input_names = {i.name for i in self.session.get_inputs()}
@@ -122,6 +133,13 @@ class ClassifierRunner:
         """A no-argument callable running one batch-1 forward of `text` padded to `sequence_length` (the reference's
         setting); tokenization is done once, outside the timed call."""
         feed = self.encode([text], max_length=sequence_length, padding="max_length")
+        if self.path is not None and self.path.suffix == ".xml":
+            # OpenVINO serves a fixed shape fastest from a model compiled for it (a static reshape).
+            from .openvino_backend import OpenVINOSession
+
+            static = OpenVINOSession(self.path, self.num_threads, static_shape=(1, sequence_length))
+            feed = {k: v for k, v in feed.items() if k in static.names}
+            return lambda: static.run(["logits"], feed)[0]
         return lambda: self._forward(feed)
 
     def shape_call(self, shape: str, texts: list[str], *, max_length: int = 128, batch_size: int = 32) -> Callable:

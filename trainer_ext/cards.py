@@ -37,6 +37,7 @@ VARIANT_LABELS = {
     "student_distilled": "student (distilled)",
     "student": "student",
     "student_int8": "student INT8",
+    "student_openvino": "student, OpenVINO (the search's pick)",
 }
 # The training settings a card states (and results.json records) for the distillation.
 DISTILLATION_SETTINGS = (
@@ -179,18 +180,6 @@ def _provenance(results: Results) -> list[str]:
                 "configurations; ONNX export checked against PyTorch (largest logit difference "
                 f"{md(_fmt(quant.get('export_max_abs_logit_diff'), '.1e'))})."
             )
-        if quant.get("per_shape"):
-            picks = "; ".join(
-                f"{md(shape)}: {md(pick['name'])} ({md(_fmt(pick.get('median_ms'), '.2f'))} ms, "
-                f"{md(_fmt(pick.get('speedup_vs_fp32'), '.2f', 'x'))} FP32's speed"
-                + (", the saved `model_quantized.onnx`" if pick.get("saved") else "")
-                + ")"
-                for shape, pick in quant["per_shape"].items()
-            )
-            lines.append(
-                f"Fastest configuration within the criterion for each serving shape (ONNX Runtime "
-                f"{md(quant.get('onnxruntime', {}).get('version', ''))}, on the validation search): {picks}."
-            )
     if results.precision:
         chosen = ", ".join(f"{md(k)} {md(v.get('precision'))}" for k, v in results.precision.items())
         lines.append(f"Precision per stage (detected and measured on the training machine): {chosen}.")
@@ -243,6 +232,26 @@ def _limitations(results: Results, extra: Iterable[str]) -> list[str]:
     return lines
 
 
+def _shape_picks(quant: dict[str, Any]) -> list[str]:
+    """One line per serving shape: the fastest configuration within the criterion, its runtime and file."""
+    versions = {
+        "onnxruntime": (quant.get("onnxruntime") or {}).get("version"),
+        "openvino": (quant.get("openvino") or {}).get("version"),
+    }
+    lines = []
+    for shape, pick in (quant.get("per_shape") or {}).items():
+        backend = pick.get("backend", "onnxruntime")
+        runtime = f"{'ONNX Runtime' if backend == 'onnxruntime' else 'OpenVINO'} {versions.get(backend) or ''}".strip()
+        static = f", compiled for the static shape {pick['static_shape']}" if pick.get("static_shape") else ""
+        lines.append(
+            # Shape, file and candidate names are the package's own (no markup): code spans, unescaped.
+            f"`{shape}`: `{pick.get('file', pick['name'])}` ({pick['name']}, {md(runtime)}{static}; "
+            f"{md(_fmt(pick.get('median_ms'), '.2f'))} ms, {md(_fmt(pick.get('speedup_vs_fp32'), '.2f', 'x'))} the FP32 "
+            "ONNX graph's speed in the search)"
+        )
+    return lines
+
+
 def _latency_description(latency: dict[str, Any], results: Results) -> str:
     """How the latency columns were measured: shapes, runs, threads, CPU, and each runtime's version."""
     versions = sorted({v.runtime_version for v in results.variants.values() if v.runtime_version})
@@ -267,13 +276,9 @@ def _latency_description(latency: dict[str, Any], results: Results) -> str:
 
 
 def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | None:
-    """Scatter of accuracy against batch-1 latency for every variant with both measured; None when there is none."""
-    points = [
-        (VARIANT_LABELS.get(name, name), v.latency_ms, 100 * v.accuracy)
-        for name, v in results.variants.items()
-        if _is_number(v.latency_ms) and _is_number(v.accuracy)
-    ]
-    if not points:
+    """Scatter of accuracy against latency for every variant with both measured (filled: batch 1 at the fixed length;
+    hollow, same colour: real length and batch 32 per sentence, where measured); None when there is none."""
+    if not any(_is_number(v.latency_ms) and _is_number(v.accuracy) for v in results.variants.values()):
         return None
     import matplotlib
 
@@ -282,15 +287,31 @@ def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | N
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for label, latency, accuracy in points:
-        ax.scatter(latency, accuracy, s=40)
-        ax.annotate(label, (latency, accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    shape_markers = {"real_length": ("o", "real length"), "batch_32": ("s", "batch 32, per sentence")}
+    for name, v in results.variants.items():
+        if not (_is_number(v.latency_ms) and _is_number(v.accuracy)):
+            continue
+        label, accuracy = VARIANT_LABELS.get(name, name), 100 * v.accuracy
+        (dot,) = ax.plot([v.latency_ms], [accuracy], "D", markersize=6)
+        ax.annotate(label, (v.latency_ms, accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        for shape, (marker, _) in shape_markers.items():
+            ms = (v.shapes or {}).get(shape, {}).get("median_ms")
+            if _is_number(ms):  # the same variant served another way: same colour, hollow marker
+                ax.plot([ms], [accuracy], marker, markersize=6, mfc="none", color=dot.get_color())
+    length = results.latency.get("sequence_length", 64)
+    handles = [plt.Line2D([], [], marker="D", ls="", color="grey", label=f"batch 1, length {length}")]
+    if any(v.shapes for v in results.variants.values()):
+        handles += [
+            plt.Line2D([], [], marker=m, ls="", mfc="none", color="grey", label=text)
+            for m, text in shape_markers.values()
+        ]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set_xscale("log")
     # Plain numbers at 1, 2, 5, 10, 20, ... ms instead of matplotlib's "2x10^0" labels.
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("batch-1 latency (ms, log scale)")
+    ax.set_xlabel("latency (ms, log scale)")
     ax.set_ylabel(f"{results.metric} (%)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -411,6 +432,16 @@ def write_model_card(
         ),
         repo_literal=python_literal(_usage_reference(repo_id or model_name)),
         onnx_file="model_quantized.onnx" if int8_kept else "model.onnx",
+        shape_picks=_shape_picks(quant),
+        openvino_file=next(
+            (
+                p["file"].split("/", 1)[1]
+                for p in quant.get("per_shape", {}).values()
+                if p.get("backend") == "openvino"
+            ),
+            None,
+        ),
+        sequence_length_literal=latency.get("sequence_length", 64),
         onnx_description="the INT8 model" if int8_kept else "the FP32 ONNX graph; no INT8 model was kept",
         limitations=_limitations(results, limitations),
     )

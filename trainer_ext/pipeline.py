@@ -70,8 +70,9 @@ from .data import (
 )
 from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
+from .openvino_backend import OV_FILE
 from .precision import PrecisionChoice, choose_precision, training_precision_kwargs
-from .quantization import INT8_FILE, ONNX_SUBFOLDER, REPORT_FILE, quantize_model
+from .quantization import INT8_FILE, ONNX_SUBFOLDER, OPENVINO_SUBFOLDER, REPORT_FILE, quantize_model
 from .recipe import Recipe
 from .results import INT8_VARIANT, RESULTS_FILE, Results, measure
 from .students import STUDENT_PRESETS, build_student, calibration_batches
@@ -595,7 +596,11 @@ class Pipeline:
         # The reference row "teacher, ONNX Runtime INT8" was dynamic quantization; the same search, dynamic only, and
         # without the node-by-node repair: a reference row, and for a 12-layer teacher about a hundred probes.
         return replace(
-            self.recipe.quantization, approach="dynamic", sensitivity_top_k=0, serving_shapes=["fixed_length"]
+            self.recipe.quantization,
+            approach="dynamic",
+            sensitivity_top_k=0,
+            serving_shapes=["fixed_length"],
+            backends=["onnxruntime"],
         )
 
     def stage_teacher_quantization(self) -> None:
@@ -631,6 +636,14 @@ class Pipeline:
                     else ("quantization did not run")
                 )
         order = ("teacher", "teacher_int8", *students, "student_distilled", INT8_VARIANT)
+        # The search's OpenVINO pick, when OpenVINO was the fastest runtime for some serving shape.
+        openvino_xml = self.out / "student_distilled" / OPENVINO_SUBFOLDER / OV_FILE
+        if openvino_xml.exists():
+            student = models["student_distilled"]
+            models["student_openvino"] = ClassifierRunner(
+                openvino_xml, student.tokenizer, parameters=student.parameters
+            )
+            order += ("student_openvino",)
         variants, latency = measure(
             {name: models[name] for name in order}, self.data[self.args.test_split], runs=self.args.latency_runs
         )

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from . import openvino_backend
 from .benchmark import (
     SERVING_SHAPES,
     ClassifierRunner,
@@ -45,6 +46,10 @@ ORT_CONFIG_FILE = "ort_config.json"
 Approach = Literal["auto", "dynamic", "static", "none"]
 APPROACHES = typing.get_args(Approach)
 CALIBRATION_METHODS = ("minmax", "entropy", "percentiles")
+
+
+BACKENDS = ("onnxruntime", "openvino")
+OPENVINO_SUBFOLDER = "openvino"
 
 
 class QuantizationError(ValueError):
@@ -126,6 +131,15 @@ class QuantizationArguments:
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many examples."})
     sequence_length: int = field(default=64, metadata={"help": "Fixed length for latency measurements."})
     latency_runs: int = field(default=100, metadata={"help": "Timed batch-1 runs per candidate (after warm-up)."})
+    backends: list[str] = field(
+        default_factory=lambda: list(BACKENDS),
+        metadata={
+            "help": "Runtimes whose candidates the search tries: 'onnxruntime', and 'openvino' when the extra is "
+            "installed (pip install 'trainer-ext[openvino]'; skipped, with the reason in the report, otherwise). "
+            "OpenVINO candidates are picked per serving shape; the saved ONNX INT8 model is ONNX Runtime's pick.",
+            "choices": BACKENDS,
+        },
+    )
     serving_shapes: list[str] = field(
         default_factory=lambda: list(SERVING_SHAPES),
         metadata={
@@ -261,8 +275,11 @@ def quantize_model(
     """Export to ONNX, try INT8 candidates fastest first, keep the fastest within the metric criterion.
 
     Writes `<output_dir>/onnx/` (model.onnx; model_quantized.onnx and Optimum's ort_config.json when one passes;
-    config and tokenizer) and `<output_dir>/compression_report.json`; returns the report. The `onnx/` folder is built
-    under a temporary name and moved into place only when complete, so a failure never leaves a partial one.
+    another serving shape's different pick as model_quantized_<name>.onnx; config and tokenizer), `<output_dir>/
+    openvino/` when an OpenVINO candidate is the fastest in some serving shape (optimum-intel's layout), and
+    `<output_dir>/compression_report.json` (with `per_shape`: each shape's pick and its file); returns the report.
+    Each folder is built under a temporary name and moved into place only when complete, so a failure never leaves a
+    partial one.
     """
     args = args or QuantizationArguments()
     check_eval_dataset(eval_dataset, text_column, label_column)
@@ -288,7 +305,16 @@ def quantize_model(
                 shutil.copy2(work / "candidates" / report["chosen"]["file"], staged / INT8_FILE)
                 # Optimum's record of how the INT8 model was made, kept next to it as ORTQuantizer leaves it.
                 shutil.copy2(work / "candidates" / _ort_config_file(chosen), staged / ORT_CONFIG_FILE)
+            _save_shape_picks(report, work, staged, "onnxruntime")
             tokenizer.save_pretrained(staged)
+        if any(p.get("backend") == "openvino" for p in report["per_shape"].values()):
+            # optimum-intel's layout: openvino_model.xml/.bin beside config.json and the tokenizer.
+            with atomic_path(output_dir / OPENVINO_SUBFOLDER) as staged:
+                shutil.copytree(work / "export", staged, ignore=shutil.ignore_patterns("*.onnx"))
+                _save_shape_picks(report, work, staged, "openvino")
+                tokenizer.save_pretrained(staged)
+        elif (output_dir / OPENVINO_SUBFOLDER).exists():
+            shutil.rmtree(output_dir / OPENVINO_SUBFOLDER)  # an earlier search's pick, not this one's
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["seconds"] = time.perf_counter() - start
@@ -352,6 +378,20 @@ def _search(
             candidate["status"] = f"failed: {type(err).__name__}: {err}"
             failed.append(candidate)
     candidates = [c for c in candidates if c not in failed]
+    notes: list[str] = []
+    if "openvino" in args.backends and args.approach != "none":
+        reason = openvino_backend.unavailable_reason()
+        if reason:
+            notes.append(reason)
+        elif time.perf_counter() - search_start > args.time_budget_s:
+            failed += [
+                {"name": name, "backend": "openvino", "status": "not built (time budget)"}
+                for name in openvino_backend.CANDIDATES
+            ]
+        else:
+            built, ov_failed = openvino_backend.build_candidates(fp32_path, cand_dir, builder.calibration_feeds())
+            candidates += built
+            failed += ov_failed
     # Every FP32 graph and INT8 candidate is timed in one interleaved group: this machine's speed drifts over
     # minutes, and timing them one after another ranked them by when they were measured as much as by speed.
     graphs = {f"fp32_{level}": path for level, path in [("0", fp32_path), *optimized_graphs.items()]}
@@ -391,12 +431,16 @@ def _search(
         "trials": [],
     }
     if args.approach in ("static", "auto") and calibration_dataset is None:
-        report["notes"] = ["static quantization skipped: no calibration_dataset was given"]
+        notes.append("static quantization skipped: no calibration_dataset was given")
+    if notes:
+        report["notes"] = notes
     # Fastest first: the first candidate within the criterion is the fastest acceptable one.
     candidates.sort(key=lambda c: c["latency"]["median_ms"])
     chosen = None
     evaluated = 0
     for candidate in candidates:
+        if candidate.get("backend") == "openvino":
+            continue  # another runtime: picked per serving shape below, never saved as model_quantized.onnx
         if chosen is not None:
             candidate["status"] = "not evaluated (a faster candidate passed)"
             continue
@@ -417,7 +461,7 @@ def _search(
         if candidate["passed"]:
             chosen = candidate
     if chosen is None and args.sensitivity_top_k > 0:
-        rejected = [c for c in candidates if c.get("passed") is False]
+        rejected = [c for c in candidates if c.get("passed") is False and c.get("backend") != "openvino"]
         if rejected:
             deadline = search_start + args.time_budget_s
             retry = _sensitivity_retry(
@@ -430,6 +474,10 @@ def _search(
     report["per_shape"] = _pick_per_shape(
         candidates, chosen, fp32_shapes, builder, labels, baseline, metric_fn, args, search_start, evaluated
     )
+    for candidate in candidates:
+        candidate.setdefault("status", "not evaluated (a faster candidate passed in every serving shape)")
+    if any(c.get("backend") == "openvino" for c in candidates):
+        report["openvino"] = {"version": openvino_backend.version()}
     report["trials"] = candidates + failed
     if chosen is None:
         if args.approach == "none":
@@ -437,7 +485,7 @@ def _search(
         elif not candidates:
             reason = "no INT8 candidate was built (" + "; ".join(sorted({t["status"] for t in failed})) + ")"
         else:
-            reason = f"no INT8 candidate was faster than FP32 and met the {metric_name} criterion"
+            reason = f"no ONNX Runtime INT8 candidate was faster than FP32 and met the {metric_name} criterion"
         report["chosen"] = {"name": "fp32", "reason": reason}
         logger.warning(f"Kept the FP32 ONNX model: {report['chosen']['reason']}.")
     else:
@@ -453,6 +501,33 @@ def _search(
     return report
 
 
+def _save_shape_picks(report: dict[str, Any], work: Path, staged: Path, backend: str) -> None:
+    """Copy each serving shape's pick of `backend` into the staged folder and record where (`file`) in the report.
+
+    ONNX Runtime: FP32 is `model.onnx`, the search's chosen INT8 `model_quantized.onnx`, another shape's different
+    pick `model_quantized_<name>.onnx`. OpenVINO: the first pick (shapes in order, real length first) is
+    `openvino_model.xml` (optimum-intel's default name), another `openvino_model_<name>.xml`.
+    """
+    folder = ONNX_SUBFOLDER if backend == "onnxruntime" else OPENVINO_SUBFOLDER
+    saved: dict[str, str] = {"fp32": FP32_FILE} if backend == "onnxruntime" else {}
+    if backend == "onnxruntime" and report["chosen"]["name"] != "fp32":
+        saved[report["chosen"]["name"]] = INT8_FILE
+    trials = {t["name"]: t for t in report["trials"]}
+    for pick in report["per_shape"].values():
+        if pick.get("backend", "onnxruntime") != backend:
+            continue
+        name = pick["name"]
+        if name not in saved:
+            source = work / "candidates" / trials[name]["file"]
+            if backend == "openvino":
+                saved[name] = openvino_backend.OV_FILE if not saved else f"openvino_model_{name}.xml"
+                openvino_backend.save_model_folder(source, staged, saved[name])
+            else:
+                saved[name] = f"model_quantized_{name}.onnx"
+                shutil.copy2(source, staged / saved[name])
+        pick["file"] = f"{folder}/{saved[name]}"
+
+
 def _pick_per_shape(
     candidates, chosen, fp32_shapes, builder, labels, baseline, metric_fn, args, search_start, evaluated
 ) -> dict[str, dict[str, Any]]:
@@ -465,7 +540,7 @@ def _pick_per_shape(
     picks: dict[str, dict[str, Any]] = {}
     for shape in fp32_shapes:
         fp32_ms = fp32_shapes[shape]["median_ms"]
-        pick: dict[str, Any] = {"name": "fp32", "median_ms": fp32_ms, "speedup_vs_fp32": 1.0}
+        pick: dict[str, Any] = {"name": "fp32", "backend": "onnxruntime", "median_ms": fp32_ms, "speedup_vs_fp32": 1.0}
         for candidate in sorted(
             (c for c in candidates if shape in c.get("shapes", {})), key=lambda c: c["shapes"][shape]["median_ms"]
         ):
@@ -484,11 +559,13 @@ def _pick_per_shape(
             if candidate["passed"]:
                 pick = {
                     "name": candidate["name"],
+                    "backend": candidate.get("backend", "onnxruntime"),
                     "median_ms": ms,
                     "speedup_vs_fp32": fp32_ms / ms,
                     "accuracy": candidate["accuracy"],
-                    "saved": chosen is not None and candidate["name"] == chosen["name"],
                 }
+                if pick["backend"] == "openvino" and shape == "fixed_length":
+                    pick["static_shape"] = [1, args.sequence_length]  # measured compiled for that fixed shape
                 break
         picks[shape] = pick
     return picks
@@ -580,6 +657,13 @@ class _CandidateBuilder:
             runs=self.args.latency_runs,
             shapes=self.args.serving_shapes,
         )
+
+    def calibration_feeds(self) -> list[dict[str, np.ndarray]] | None:
+        """The calibration sentences as batch-1 NumPy feeds (padded to `sequence_length`), for NNCF."""
+        if self.calibration_dataset is None:
+            return None
+        data = _calibration_set(self.calibration_dataset, self.tokenizer, self.args, self.text_column)
+        return [{k: np.asarray([row[k]], dtype=np.int64) for k in data.column_names} for row in data]
 
     def source_graph(self, candidate: dict) -> Path:
         level = candidate.get("graph_level")
