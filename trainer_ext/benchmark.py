@@ -76,7 +76,7 @@ class ClassifierRunner:
             self.session = OpenVINOSession(model, self.num_threads)
             self.input_names = set(self.session.names)
             self.size_mb = (self.path.stat().st_size + self.path.with_suffix(".bin").stat().st_size) / 1e6
-            precision = "INT8" if "int8" in str(self.path) else self.session.inference_precision.upper()
+            precision = "INT8" if self.session.quantized else self.session.inference_precision.upper()
             self.runtime = f"OpenVINO {precision}"
             self.runtime_version = f"openvino {version()}"
         elif isinstance(model, (str, os.PathLike)):
@@ -228,17 +228,6 @@ def interleaved_latency(
     }
 
 
-def fixed_length_latency(
-    runners: dict[str, ClassifierRunner], text: str, *, sequence_length: int = 64, runs: int = 100
-) -> dict[str, dict[str, float]]:
-    """`interleaved_latency` of each runner's `fixed_length_call(text, sequence_length)`: `runs` timed calls each, in
-    rounds of up to 20. Short runs (under 50 calls, as in tests) skip the time-based warm-up."""
-    rounds, per_round = latency_rounds(runs)
-    calls = {name: runner.fixed_length_call(text, sequence_length) for name, runner in runners.items()}
-    warmup_s = 0.25 if runs >= 50 else 0.0
-    return interleaved_latency(calls, rounds=rounds, runs_per_round=per_round, warmup_s=warmup_s)
-
-
 def latency_rounds(runs: int) -> tuple[int, int]:
     """`(rounds, runs per round)` for about `runs` timed calls: rounds of up to 20 (the timed count is their product)."""
     per_round = min(20, runs)
@@ -258,34 +247,39 @@ def serving_latency(
     """Latency of every runner in each of `shapes` (`SERVING_SHAPES`; the fixed length always):
     `{runner: {shape: {median_ms, p90_ms, runs}}}`.
 
-    Each shape is one interleaved group (`interleaved_latency`), so the runners' ratios within a shape hold. The
-    batch-1 shapes cycle through the first `batch_size` of `texts`; `batch_32` times one batch of them and reports
-    milliseconds per sentence, from a tenth as many calls.
+    The batch-1 shapes of every runner are one interleaved group (`interleaved_latency`): each round times every
+    runner in every shape in turn, so ratios hold across runners and across shapes. Timed as separate groups, the
+    machine's drift over minutes made the full run's real-length figures 0.9-1.2x its length-64 ones, against
+    0.5-0.7x in one group. The batch-1 shapes cycle through the first `batch_size` of `texts`; `batch_32` times one
+    batch of them, in its own group from a tenth as many calls, and reports milliseconds per sentence.
     """
-    sample = texts[:batch_size] or ["a short example sentence"]
-    out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in runners}
-    fixed = fixed_length_latency(runners, sample[0], sequence_length=sequence_length, runs=runs)
-    warmup_s = 0.25 if runs >= 50 else 0.0
     unknown = sorted(set(shapes) - set(SERVING_SHAPES))
     if unknown:
         raise ValueError(f"Unknown serving shapes {unknown}; choose from {list(SERVING_SHAPES)}.")
-    for shape in [s for s in SERVING_SHAPES if s in shapes or s == "fixed_length"]:
-        if shape == "fixed_length":
-            measured = fixed
-        elif shape == "batch_32":
-            calls = {n: r.shape_call(shape, sample, max_length=max_length) for n, r in runners.items()}
-            rounds, per_round = latency_rounds(max(runs // 10, 1))
-            measured = interleaved_latency(calls, rounds=rounds, runs_per_round=per_round, warmup=1, warmup_s=0)
-            measured = {
-                n: {"median_ms": m["median_ms"] / len(sample), "p90_ms": m["p90_ms"] / len(sample), "runs": m["runs"]}
-                for n, m in measured.items()
+    sample = texts[:batch_size] or ["a short example sentence"]
+    batch1 = [s for s in SERVING_SHAPES if s != "batch_32" and (s in shapes or s == "fixed_length")]
+    calls = {}
+    for name, runner in runners.items():
+        for shape in batch1:
+            calls[name, shape] = (
+                runner.fixed_length_call(sample[0], sequence_length)
+                if shape == "fixed_length"
+                else runner.shape_call(shape, sample, max_length=max_length)
+            )
+    rounds, per_round = latency_rounds(runs)
+    warmup_s = 0.25 if runs >= 50 else 0.0  # short runs (under 50 calls, as in tests) skip the timed warm-up
+    measured = interleaved_latency(calls, rounds=rounds, runs_per_round=per_round, warmup_s=warmup_s)
+    out = {name: {shape: measured[name, shape] for shape in batch1} for name in runners}
+    if "batch_32" in shapes:
+        calls = {n: r.shape_call("batch_32", sample, max_length=max_length) for n, r in runners.items()}
+        rounds, per_round = latency_rounds(max(runs // 10, 1))
+        batched = interleaved_latency(calls, rounds=rounds, runs_per_round=per_round, warmup=1, warmup_s=0)
+        for name, m in batched.items():
+            out[name]["batch_32"] = {
+                "median_ms": m["median_ms"] / len(sample),
+                "p90_ms": m["p90_ms"] / len(sample),
+                "runs": m["runs"],
             }
-        else:
-            calls = {n: r.shape_call(shape, sample, max_length=max_length) for n, r in runners.items()}
-            rounds, per_round = latency_rounds(runs)
-            measured = interleaved_latency(calls, rounds=rounds, runs_per_round=per_round, warmup_s=warmup_s)
-        for name in runners:
-            out[name][shape] = measured[name]
     return out
 
 

@@ -119,7 +119,14 @@ def _quantize(argv: list[str]) -> int:
         lat = f"{trial['latency']['median_ms']:.2f} ms" if "latency" in trial else "-"
         print(f"  {trial['name']:<32} {acc:>8} {lat:>10}  {trial.get('status', '')}")
     print(f"chosen: {report['chosen']['name']} {report['chosen'].get('reason', '')}")
-    print(f"wrote {inputs.output_dir}/onnx and {inputs.output_dir}/compression_report.json")
+    for shape, pick in report.get("per_shape", {}).items():
+        print(f"  fastest for {shape:<22} {pick['name']:<32} {pick['median_ms']:.2f} ms  {pick.get('file', '')}")
+    for note in report.get("notes", []):
+        print(f"note: {note}")
+    folders = "onnx" + (
+        " and openvino" if any(p.get("backend") == "openvino" for p in report["per_shape"].values()) else ""
+    )
+    print(f"wrote {folders} and compression_report.json in {inputs.output_dir}")
     return 0
 
 

@@ -54,6 +54,8 @@ class OpenVINOSession:
 
         core = ov.Core()
         model = core.read_model(str(path))
+        # NNCF's INT8 models carry FakeQuantize operations (whatever the file is named).
+        self.quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         if static_shape is not None:
             model.reshape({port.any_name: list(static_shape) for port in model.inputs})
         self.static_shape = static_shape
@@ -62,7 +64,8 @@ class OpenVINOSession:
         )
         self.request = self.compiled.create_infer_request()
         self.names = [port.any_name for port in self.compiled.inputs]
-        self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "f32", "bf16", "f16"
+        self.inference_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
 
     def get_inputs(self) -> list[Any]:
         return [type("Input", (), {"name": name})() for name in self.names]

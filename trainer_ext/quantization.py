@@ -49,6 +49,8 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentiles")
 
 
 BACKENDS = ("onnxruntime", "openvino")
+# A serving shape gets its own file only when that candidate takes under this share of the saved INT8 model's time.
+SHAPE_PICK_MARGIN = 0.9
 OPENVINO_SUBFOLDER = "openvino"
 
 
@@ -531,7 +533,8 @@ def _save_shape_picks(report: dict[str, Any], work: Path, staged: Path, backend:
 def _pick_per_shape(
     candidates, chosen, fp32_shapes, builder, labels, baseline, metric_fn, args, search_start, evaluated
 ) -> dict[str, dict[str, Any]]:
-    """The fastest candidate within the criterion for each serving shape (FP32 when none passes and is faster).
+    """The fastest candidate within the criterion for each serving shape (FP32 when none passes and is faster); the
+    saved INT8 model (`chosen`) unless the fastest is clearly faster (`SHAPE_PICK_MARGIN`).
 
     The search above walks the candidates in fixed-length order; a candidate it skipped because a faster one passed
     may be the fastest at real length or in batches, so each shape walks its own order and evaluates (once, within
@@ -567,6 +570,21 @@ def _pick_per_shape(
                 if pick["backend"] == "openvino" and shape == "fixed_length":
                     pick["static_shape"] = [1, args.sequence_length]  # measured compiled for that fixed shape
                 break
+        if chosen is not None and pick["name"] not in ("fp32", chosen["name"]):
+            # Another file only for a real gain: the saved INT8 model serves this shape unless the other candidate is
+            # clearly faster (measured: same-family candidates 5-7% apart, within one run's noise).
+            chosen_ms = chosen["shapes"][shape]["median_ms"]
+            if pick["median_ms"] > SHAPE_PICK_MARGIN * chosen_ms and not (
+                args.require_speedup and chosen_ms >= fp32_ms
+            ):
+                pick = {
+                    "name": chosen["name"],
+                    "backend": "onnxruntime",
+                    "median_ms": chosen_ms,
+                    "speedup_vs_fp32": fp32_ms / chosen_ms,
+                    "accuracy": chosen["accuracy"],
+                    "fastest_other": {"name": pick["name"], "median_ms": pick["median_ms"]},
+                }
         picks[shape] = pick
     return picks
 
