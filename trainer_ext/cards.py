@@ -305,7 +305,7 @@ def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | N
             plt.Line2D([], [], marker=m, ls="", mfc="none", color="grey", label=text)
             for m, text in shape_markers.values()
         ]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="best")
     ax.set_xscale("log")
     # Plain numbers at 1, 2, 5, 10, 20, ... ms instead of matplotlib's "2x10^0" labels.
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
