@@ -184,8 +184,13 @@ def test_bad_input_fails_before_export(tmp_path, tokenizer):
     assert not (tmp_path / "a" / "onnx").exists()
     with pytest.raises(ValueError, match="approach"):
         QuantizationArguments(approach="fast")
-    with pytest.raises(ValueError, match="calibration method"):
+    with pytest.raises(ValueError, match="Unknown calibration_methods"):
         QuantizationArguments(calibration_methods=["minmax", "kl"])
+    # Unknown runtimes and serving shapes fail here, before any export or timing.
+    with pytest.raises(ValueError, match=r"Unknown backends \['tensorrt'\]"):
+        QuantizationArguments(backends=["onnxruntime", "tensorrt"])
+    with pytest.raises(ValueError, match=r"Unknown serving_shapes \['batch_64'\].*real_length"):
+        QuantizationArguments(serving_shapes=["batch_64"])
     # The old comma-separated and 'both' string forms get a message naming the new form.
     with pytest.raises(ValueError, match="calibration_methods is now a list"):
         QuantizationArguments(calibration_methods="minmax,entropy")

@@ -158,15 +158,25 @@ class QuantizationArguments:
             raise ValueError(
                 f"per_channel is now true (per channel), false (per tensor) or null (try both); got {self.per_channel!r}."
             )
-        examples = {"calibration_methods": "[minmax, entropy]", "optimization_levels": "[0, 2]"}
+        examples = {
+            "calibration_methods": "[minmax, entropy]",
+            "optimization_levels": "[0, 2]",
+            "backends": "[onnxruntime]",
+            "serving_shapes": "[real_length, fixed_length]",
+        }
         optional = {"operators_to_quantize": "[MatMul]", "nodes_to_exclude": "[/classifier/Gemm]"}
         for name, example in (examples | optional).items():
             value = getattr(self, name)
             if not isinstance(value, list) and not (value is None and name in optional):
                 raise ValueError(f"{name} is now a list, e.g. {example}; got {value!r}.")
-        unknown = set(self.calibration_methods) - set(CALIBRATION_METHODS)
-        if unknown:
-            raise ValueError(f"Unknown calibration method(s) {sorted(unknown)}; choose from {CALIBRATION_METHODS}.")
+        for name, allowed in (
+            ("calibration_methods", CALIBRATION_METHODS),
+            ("backends", BACKENDS),
+            ("serving_shapes", tuple(SERVING_SHAPES)),
+        ):
+            unknown = set(getattr(self, name)) - set(allowed)
+            if unknown:
+                raise ValueError(f"Unknown {name} {sorted(unknown)}; choose from {list(allowed)}.")
         if self.max_relative_drop is None and self.max_absolute_drop is None:
             raise ValueError("Set max_relative_drop or max_absolute_drop: the search needs an accuracy criterion.")
         if self.max_trials < 1 or self.latency_runs < 1 or self.calibration_samples < 1:
