@@ -227,6 +227,10 @@ def test_card_command_on_a_quantized_folder(tmp_path, tokenizer, capsys):
     ]
     teacher_row = next(r for r in _table_rows(card.text) if r.startswith("| teacher"))
     assert teacher_row.count(NOT_MEASURED) >= 3 and '"me/m"' in card.text and {"a", "b"} <= set(card.data.tags)
+    # The search's shapes reach the card of a folder quantized alone: the INT8 row's real-length column.
+    int8_row = next(r for r in _table_rows(card.text) if r.startswith("| student INT8"))
+    real_ms = report["chosen"]["shapes"]["real_length"]["median_ms"]
+    assert int8_row.split("|")[4].strip() == f"{real_ms:.2f}"
     # The report quantize_model returns is accepted as it is, and states the same measurements.
     again = write_model_card(tmp_path / "onnx", report=returned)
     assert [r.metric_value for r in again.data.eval_results] == [r.metric_value for r in card.data.eval_results]

@@ -507,6 +507,7 @@ def _search(
             "accuracy": chosen["accuracy"],
             "metric_value": chosen["metric_value"],
             "latency": chosen["latency"],
+            "shapes": chosen["shapes"],
             "size_mb": chosen["size_mb"],
             "speedup_vs_fp32": fp32_latency["median_ms"] / chosen["latency"]["median_ms"],
         }

@@ -121,6 +121,8 @@ class Results:
                 accuracy=measured.get("accuracy"),
                 latency_ms=measured["latency"]["median_ms"],
                 size_mb=measured.get("size_mb"),
+                shapes=measured.get("shapes"),
+                runtime_version=f"onnxruntime {report['onnxruntime']['version']}" if "onnxruntime" in report else None,
             )
 
         int8 = (
