@@ -104,7 +104,7 @@ def _fmt(value: Any, spec: str, suffix: str = "") -> str:
     return f"{value:{spec}}{suffix}" if _is_number(value) else NOT_MEASURED
 
 
-BATCH_SHAPES = ("real_length", "real_length_tokenized", "batch_32")  # the columns beside the fixed-length one
+EXTRA_SHAPE_COLUMNS = ("real_length", "real_length_tokenized", "batch_32")  # beside the fixed-length one
 
 
 def _rows(results: Results) -> list[dict[str, str]]:
@@ -114,7 +114,7 @@ def _rows(results: Results) -> list[dict[str, str]]:
             "runtime": md(v.runtime or ("" if v.measured else NOT_MEASURED)),
             "metric": _fmt(100 * v.accuracy, ".2f", "%") if _is_number(v.accuracy) else NOT_MEASURED,
             "latency": _fmt(v.latency_ms, ".2f"),
-            **{shape: _fmt((v.shapes or {}).get(shape, {}).get("median_ms"), ".2f") for shape in BATCH_SHAPES},
+            **{shape: _fmt((v.shapes or {}).get(shape, {}).get("median_ms"), ".2f") for shape in EXTRA_SHAPE_COLUMNS},
             "speedup": _fmt(v.speedup_vs_teacher, ".2f", "x"),
             "size": _fmt(v.size_mb, ".1f"),
             "parameters": _fmt(v.parameters, ","),
@@ -418,7 +418,7 @@ def write_model_card(
         summary=summary,
         eval_description=", ".join(evaluation_bits),
         latency_description=_latency_description(latency, results),
-        sequence_length=md(latency.get("sequence_length", "?")),
+        sequence_length=md(latency.get("sequence_length", 64)),
         metric_label=md(metric),
         rows=_rows(results),
         plot_file=plot_file,
@@ -441,7 +441,6 @@ def write_model_card(
             ),
             None,
         ),
-        sequence_length_literal=latency.get("sequence_length", 64),
         onnx_description="the INT8 model" if int8_kept else "the FP32 ONNX graph; no INT8 model was kept",
         limitations=_limitations(results, limitations),
     )

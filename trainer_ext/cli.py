@@ -173,7 +173,9 @@ def _run(argv: list[str]) -> int:
         return _user_error("run", str(err))
     if pipeline.is_main:
         print()
-        print(f"{recipe.run.dataset}, {recipe.run.test_split} split; latency at batch 1, length 64 (interleaved)")
+        print(
+            f"{recipe.run.dataset}, {recipe.run.test_split} split; latency in ms, every variant and shape interleaved"
+        )
         print(summary_table(results))
         print(f"results: {os.path.join(recipe.run.output_dir, 'results.json')}")
         print(f"card and ONNX: {os.path.join(recipe.run.output_dir, 'student_distilled')}")

@@ -616,7 +616,7 @@ def _optimize(export_dir: Path, save_dir: Path, level: int) -> Path | None:
 
 
 def _build_candidate(
-    candidate, export_dir, cand_dir, args, calibration_dataset, tokenizer, text_column, calibration_cache
+    candidate, export_dir, cand_dir, args, calibration_set: Callable[[], Any], calibration_cache
 ) -> None:
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoCalibrationConfig, AutoQuantizationConfig
@@ -633,7 +633,7 @@ def _build_candidate(
     if candidate["static"]:
         method = candidate["calibration"]
         if method not in calibration_cache:
-            calib = _calibration_set(calibration_dataset, tokenizer, args, text_column)
+            calib = calibration_set()
             config = getattr(AutoCalibrationConfig, method)(calib)
             calibration_cache[method] = quantizer.fit(
                 dataset=calib,
@@ -668,6 +668,16 @@ class _CandidateBuilder:
     text_column: str
     texts: list[str]  # the evaluation sentences
     calibration_cache: dict[str, Any] = field(default_factory=dict)
+    _calibration_tokens: Any = None
+
+    def calibration_set(self) -> Any:
+        """The calibration sentences tokenized once (padded to `sequence_length`) for every static ONNX Runtime
+        method and for NNCF."""
+        if self._calibration_tokens is None:
+            self._calibration_tokens = _calibration_set(
+                self.calibration_dataset, self.tokenizer, self.args, self.text_column
+            )
+        return self._calibration_tokens
 
     def logits(self, model: PreTrainedModel | Path, samples: int | None = None) -> np.ndarray:
         """Logits of a PyTorch model or ONNX file over the first `samples` evaluation sentences (default: all)."""
@@ -691,7 +701,7 @@ class _CandidateBuilder:
         """The calibration sentences as batch-1 NumPy feeds (padded to `sequence_length`), for NNCF."""
         if self.calibration_dataset is None:
             return None
-        data = _calibration_set(self.calibration_dataset, self.tokenizer, self.args, self.text_column)
+        data = self.calibration_set()
         return [{k: np.asarray([row[k]], dtype=np.int64) for k in data.column_names} for row in data]
 
     def source_graph(self, candidate: dict) -> Path:
@@ -707,9 +717,7 @@ class _CandidateBuilder:
                 self.export_dir,
                 self.cand_dir,
                 self.args,
-                self.calibration_dataset,
-                self.tokenizer,
-                self.text_column,
+                self.calibration_set,
                 self.calibration_cache,
             )
 
