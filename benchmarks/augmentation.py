@@ -178,7 +178,7 @@ def main() -> None:
         texts = original["text"][: recipe.run.student_init_samples]
         initial = build_student(
             teacher,
-            preset=recipe.run.student,
+            preset=recipe.run.student[0],
             seed=recipe.run.seed,
             calibration_inputs=calibration_batches(teacher_tokenizer, texts, max_length=recipe.run.max_length),
         )
@@ -212,7 +212,7 @@ def main() -> None:
         results["effect"] = rows
         t = recipe.student_training
         print(
-            f"\n== effect ({recipe.run.student} student, {t.distillation_loss} loss, distillation_weight "
+            f"\n== effect ({recipe.run.student[0]} student, {t.distillation_loss} loss, distillation_weight "
             f"{t.distillation_weight}, T={t.temperature}, {t.num_train_epochs:g} epochs; test split) =="
         )
         for name, row in rows.items():

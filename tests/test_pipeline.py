@@ -105,7 +105,8 @@ def finished_run(tmp_path_factory):
 def test_every_stage_runs_and_results_hold_every_variant(finished_run):
     root, _, pipeline, results = finished_run
     out = root / "out"
-    assert [s for s in STAGES if pipeline.stage_status.get(s) == "ran"] == list(STAGES)
+    assert [s for s in STAGES if pipeline.stage_status.get(s) == "ran"] == [s for s in STAGES if s != "selection"]
+    assert pipeline.stage_status["selection"] == "skipped (one student)"
     assert list(results["variants"]) == [
         "teacher",
         "teacher_int8",
@@ -133,7 +134,9 @@ def test_every_stage_runs_and_results_hold_every_variant(finished_run):
     )
     assert results["variants"]["teacher_int8"]["parameters"] == results["variants"]["teacher"]["parameters"]
     # results.json is written once, by the card stage: it holds every stage's duration but the card's own.
-    assert list(results["stages"]) == list(STAGES[:-1]) and all(s >= 0 for s in results["stages"].values())
+    assert list(results["stages"]) == [s for s in STAGES[:-1] if s != "selection"] and all(
+        s >= 0 for s in results["stages"].values()
+    )
     # The teacher was an encoder without a classification head: the pipeline fine-tuned it for these labels.
     teacher_config = json.loads((out / "teacher" / "config.json").read_text())
     assert teacher_config["architectures"] == ["BertForSequenceClassification"]
@@ -231,7 +234,7 @@ def test_rerun_resumes_and_redoes_nothing(finished_run):
     again = Pipeline(load_recipe(recipe_path), progress=lambda _m: None)
     # Only the benchmark and card are cheap enough to matter little, but even they are reused.
     rerun = again.run()
-    assert set(again.stage_status.values()) == {"reused"}
+    assert set(again.stage_status.values()) == {"reused", "skipped (one student)"}
     assert [p.stat().st_mtime_ns for p in watched] == before
     assert rerun["variants"] == results["variants"]
 
@@ -259,6 +262,7 @@ def test_changed_student_settings_redo_only_the_stages_that_read_them(finished_r
         "student_no_distillation",
         "distillation_original",
         "distillation",
+        "guard",
         "quantization",
         "benchmark",
         "card",
@@ -268,6 +272,7 @@ def test_changed_student_settings_redo_only_the_stages_that_read_them(finished_r
     rerun.run()
     reused = {s for s, status in rerun.stage_status.items() if status == "reused"}
     assert reused == {"data", "teacher", "augmentation", "teacher_quantization"}
+    assert rerun.stage_status["guard"] == "ran"
 
 
 def test_preset_student_is_projected_from_the_teacher_and_rebuilt_when_its_settings_change(tmp_path, monkeypatch):
@@ -289,7 +294,7 @@ def test_preset_student_is_projected_from_the_teacher_and_rebuilt_when_its_setti
     overrides = {"run": {"student_init": "random"}}
     with pytest.raises(PipelineError, match="other settings"):
         Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
-    for stage in ("student_no_distillation", "distillation", "quantization", "benchmark", "card"):
+    for stage in ("student_no_distillation", "distillation", "guard", "quantization", "benchmark", "card"):
         (tmp_path / "out" / "stages" / f"{stage}.json").unlink()
     Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
     rebuilt = json.loads((init / "config.json").read_text())["trainer_ext_student_init"]
@@ -427,7 +432,7 @@ def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
     with pytest.raises(PipelineError, match="Cannot create the output directory"):
         Pipeline(recipe, progress=lambda _m: None).run()
     empty = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), progress=print)
-    with pytest.raises(PipelineError, match="no trained student"):
+    with pytest.raises(PipelineError, match="guard stage's output .*shipped.json is missing"):
         empty.stage_quantization()
     missing = {"output_dir": str(tmp_path / "p"), "augment": "false", "student_init_from": str(tmp_path / "nothing")}
     with pytest.raises(PipelineError, match="run.student_init_from .* cannot be loaded"):
@@ -437,17 +442,21 @@ def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
 
 def test_shipped_recipes_parse_to_the_reference_settings_without_downloading():
     quick = load_recipe(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml", profile="quick")
-    assert quick.run.teacher == "packaged:minilm" and quick.run.student == "bert-mini"
+    assert quick.run.teacher == "packaged:minilm" and quick.run.student == ["bert-mini"]
     assert quick.run.student_init == "projected" and quick.student_training.learning_rate == 1e-4
     assert quick.augmentation.generator_name_or_path == "packaged:smollm2" and quick.run.max_train_samples == 1000
     default = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml")
-    assert (default.run.teacher, default.run.student, default.run.precision) == ("packaged:mpnet", "bert-mini", "auto")
+    assert (default.run.teacher, default.run.student, default.run.precision) == (
+        "packaged:mpnet",
+        ["bert-mini"],
+        "auto",
+    )
     assert default.augmentation.unlabeled_texts == "imdb_reviews_offline" and default.run.augment
     default_quick = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="quick")
     assert default_quick.run.teacher == "packaged:mpnet" and default_quick.run.max_train_samples == 300
     sst2 = load_recipe(ROOT / "recipes" / "sst2_bert_mini.yaml", overrides={"run": {"seed": "7"}})
     assert (sst2.run.dataset, sst2.run.dataset_config, sst2.run.text_column) == ("glue", "sst2", "sentence")
-    assert sst2.run.student == "google/bert_uncased_L-4_H-256_A-4"
+    assert sst2.run.student == ["google/bert_uncased_L-4_H-256_A-4"]
     assert sst2.augmentation.generator_name_or_path == "gpt2-medium" and sst2.augmentation.top_p == 0.9
     t = sst2.student_training
     assert (t.distillation_loss, t.distillation_weight, t.learning_rate) == ("mse", 1.0, 6e-5)

@@ -111,3 +111,22 @@ def test_distillation_trainer_trains_with_a_wrapped_teacher(tmp_path, tokenizer,
     if cache_teacher_logits:
         column = trainer.train_dataset[trainer.logits_column]
         np.testing.assert_allclose(np.asarray(column), _logits(teacher, data, tokenizer), rtol=0, atol=1e-6)
+
+
+def test_cached_logits_survive_a_moved_tokenizer_but_not_a_changed_one(tmp_path, tokenizer, teacher, data):
+    """The cache is keyed by what the teacher's tokenizer does, not where it was loaded from: an output folder that
+    is copied elsewhere keeps its logits; a tokenizer with other settings does not reuse them."""
+    from transformers import AutoTokenizer
+
+    for folder in ("a", "b"):
+        tokenizer.save_pretrained(tmp_path / folder)
+    first, moved = (AutoTokenizer.from_pretrained(tmp_path / f) for f in ("a", "b"))
+    cache = tmp_path / "cache"
+    logits = compute_teacher_logits(teacher, data, batch_size=8, teacher_tokenizer=first, cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 1
+    again = compute_teacher_logits(teacher, data, batch_size=8, teacher_tokenizer=moved, cache_dir=cache)
+    np.testing.assert_array_equal(again, logits)
+    assert len(list(cache.glob("*.npy"))) == 1
+    lower = AutoTokenizer.from_pretrained(tmp_path / "a", do_lower_case=False)
+    compute_teacher_logits(teacher, data, batch_size=8, teacher_tokenizer=lower, cache_dir=cache)
+    assert len(list(cache.glob("*.npy"))) == 2

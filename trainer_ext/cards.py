@@ -39,6 +39,18 @@ VARIANT_LABELS = {
     "student_int8": "student INT8",
     "student_openvino": "student, OpenVINO (the search's pick)",
 }
+
+
+def variant_label(name: str) -> str:
+    """A variant's name for people: `VARIANT_LABELS`, or `candidate_<student>[_int8]` as the selection's candidate."""
+    if name in VARIANT_LABELS:
+        return VARIANT_LABELS[name]
+    if name.startswith("candidate_"):
+        student, int8 = name.removeprefix("candidate_"), name.endswith("_int8")
+        return f"candidate {student.removesuffix('_int8')}{' INT8' if int8 else ''}"
+    return name
+
+
 # The training settings a card states (and results.json records) for the distillation.
 DISTILLATION_SETTINGS = (
     "distillation_loss",
@@ -110,7 +122,7 @@ EXTRA_SHAPE_COLUMNS = ("real_length", "real_length_tokenized", "batch_32")  # be
 def _rows(results: Results) -> list[dict[str, str]]:
     return [
         {
-            "label": md(VARIANT_LABELS.get(name, name)),
+            "label": md(variant_label(name)),
             "runtime": md(v.runtime or ("" if v.measured else NOT_MEASURED)),
             "metric": _fmt(100 * v.accuracy, ".2f", "%") if _is_number(v.accuracy) else NOT_MEASURED,
             "latency": _fmt(v.latency_ms, ".2f"),
@@ -168,6 +180,17 @@ def _provenance(results: Results) -> list[str]:
             "Transfer set (sentences from a causal LM fine-tuned on the training set and unlabelled in-domain text, "
             "labelled by the teacher): " + ", ".join(parts) + "."
         )
+    if results.selection:
+        sel = results.selection
+        outcome = "met" if sel.get("met") else "not met by any candidate"
+        lines.append(
+            f"Student chosen from {len(sel.get('candidates', []))} candidates by the budget "
+            f"{md(_budget_text(sel.get('budget') or {}))} ({outcome}): {md(sel.get('shipped'))}, {md(sel.get('reason'))} "
+            "(candidates below)."
+        )
+    if results.guard:
+        shipped = variant_label(results.guard.get("shipped", ""))
+        lines.append(f"Shipped: the {md(shipped)}; {md(results.guard.get('reason'))}.")
     quant = results.quantization
     if quant:
         chosen = quant.get("chosen", {})
@@ -187,6 +210,41 @@ def _provenance(results: Results) -> list[str]:
         stages = ", ".join(f"{md(k)} {v:.0f} s" for k, v in results.stages.items() if _is_number(v))
         lines.append(f"Stage durations: {stages}.")
     return lines or ["Trained with trainer-ext."]
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    parts = []
+    if budget.get("max_accuracy_drop") is not None:
+        parts.append(f"INT8 at most {budget['max_accuracy_drop']:g} points below the teacher")
+    if budget.get("max_latency_ms") is not None:
+        parts.append(f"at most {budget['max_latency_ms']:g} ms at batch 1, real length")
+    return " and ".join(parts) or "none"
+
+
+def _candidates(results: Results) -> list[dict[str, str]]:
+    """The selection's candidates, in the order they were tried (fastest first), for the card's table."""
+    sel = results.selection or {}
+    rows = []
+    for r in sel.get("candidates", []):
+        status = r.get("status", "")
+        if status == "trained":
+            status = "shipped" if r["student"] == sel.get("shipped") else "trained"
+            status += ", within the budget" if r.get("meets_budget") else ", outside the budget"
+        elif r.get("error"):
+            status = f"{status}: {r['error']}"
+        rows.append(
+            {
+                "student": md(r["student"])
+                + (f" ({r['layers']} x {r['hidden_size']})" if _is_number(r.get("layers")) else ""),
+                "parameters": f"{r['parameters']:,}" if _is_number(r.get("parameters")) else "-",
+                "train_minutes": _fmt(r["train_seconds"] / 60 if _is_number(r.get("train_seconds")) else None, ".1f"),
+                "fp32": _fmt(100 * r["fp32_accuracy"] if _is_number(r.get("fp32_accuracy")) else None, ".2f"),
+                "int8": _fmt(100 * r["int8_accuracy"] if _is_number(r.get("int8_accuracy")) else None, ".2f"),
+                "ms": _fmt(r.get("int8_real_length_ms"), ".2f"),
+                "status": md(status),
+            }
+        )
+    return rows
 
 
 def _trials(results: Results) -> list[dict[str, str]]:
@@ -291,7 +349,7 @@ def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | N
     for name, v in results.variants.items():
         if not (_is_number(v.latency_ms) and _is_number(v.accuracy)):
             continue
-        label, accuracy = VARIANT_LABELS.get(name, name), 100 * v.accuracy
+        label, accuracy = variant_label(name), 100 * v.accuracy
         (dot,) = ax.plot([v.latency_ms], [accuracy], "D", markersize=6)
         ax.annotate(label, (v.latency_ms, accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
         for shape, (marker, _) in shape_markers.items():
@@ -300,6 +358,17 @@ def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | N
                 ax.plot([ms], [accuracy], marker, markersize=6, mfc="none", color=dot.get_color())
     length = results.latency.get("sequence_length", 64)
     handles = [plt.Line2D([], [], marker="D", ls="", color="grey", label=f"batch 1, length {length}")]
+    teacher = results.variants.get("teacher") or Variant()
+    budget = (results.selection or {}).get("budget") or {}
+    if _is_number(teacher.accuracy):
+        handles.append(ax.axhline(100 * teacher.accuracy, color="black", lw=0.8, ls=":", label="teacher"))
+        if _is_number(budget.get("max_accuracy_drop")):
+            level = 100 * teacher.accuracy - budget["max_accuracy_drop"]
+            label = f"accuracy budget: teacher - {budget['max_accuracy_drop']:g} (set on the eval split)"
+            handles.append(ax.axhline(level, color="tab:red", lw=0.8, ls="--", label=label))
+    if _is_number(budget.get("max_latency_ms")):
+        label = f"latency budget: {budget['max_latency_ms']:g} ms, real length"
+        handles.append(ax.axvline(budget["max_latency_ms"], color="tab:red", lw=0.8, ls="-.", label=label))
     if any(v.shapes for v in results.variants.values()):
         handles += [
             plt.Line2D([], [], marker=m, ls="", mfc="none", color="grey", label=text)
@@ -424,6 +493,9 @@ def write_model_card(
         plot_file=plot_file,
         provenance=_provenance(results),
         trials=_trials(results),
+        candidates=_candidates(results),
+        selection_split=md((results.selection or {}).get("split", "eval")),
+        teacher_eval_accuracy=_fmt(100 * results.selection["teacher_accuracy"] if results.selection else None, ".2f"),
         quantization_metric=md(quant.get("metric", metric)),
         criterion=(
             f"{criterion['max_absolute_drop']} (absolute)"

@@ -35,6 +35,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
@@ -42,6 +44,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, load_from_disk
 from transformers import (
@@ -58,7 +61,7 @@ from transformers.utils import logging
 
 from .assets import PACKAGED_SOURCES, PackagedAssetError, packaged_source
 from .augmentation import TextGenerationAugmenter, merge_with_original, read_stats
-from .benchmark import ClassifierRunner
+from .benchmark import ClassifierRunner, accuracy, serving_latency
 from .cards import DISTILLATION_SETTINGS, write_model_card
 from .data import (
     OFFLINE_DATASET_NAME,
@@ -75,7 +78,8 @@ from .precision import PrecisionChoice, choose_precision, training_precision_kwa
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, OPENVINO_SUBFOLDER, REPORT_FILE, quantize_model
 from .recipe import Recipe
 from .results import INT8_VARIANT, RESULTS_FILE, Results, measure
-from .students import STUDENT_PRESETS, build_student, calibration_batches
+from .selection import Budget, guard, int8_figures, pick
+from .students import STUDENT_PRESETS, build_student, calibration_batches, teacher_layers
 from .teacher import compute_teacher_logits
 from .trainer import DistillationTrainer
 
@@ -84,10 +88,12 @@ logger = logging.get_logger(__name__)
 STAGES = (
     "data",
     "teacher",
-    "student_no_distillation",
     "augmentation",
+    "selection",
+    "student_no_distillation",
     "distillation_original",
     "distillation",
+    "guard",
     "quantization",
     "teacher_quantization",
     "benchmark",
@@ -96,6 +102,9 @@ STAGES = (
 STAGE_DIR = "stages"
 PRECISION_FILE = "precision.json"
 LOGITS_FILE = "teacher_logits.npy"  # the original training sentences' teacher logits, under distillation_data/
+CANDIDATES_DIR = "candidates"  # selection: one folder per candidate student (model, onnx/, report, candidate.json)
+SELECTION_FILE = "selection.json"  # selection: every candidate's record and the one shipped
+SHIPPED_FILE = "shipped.json"  # guard: the student shipped (distilled or not) and why
 
 
 class PipelineError(RuntimeError):
@@ -124,6 +133,9 @@ class Pipeline:
         self.stage_status: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # stage -> key of its settings and of the stages it reads
         self._precisions: dict[str, dict[str, Any]] | None = None
+        # The student shape the student stages train: the only one, or the one the selection stage ships.
+        self.shape: str = self.args.student[0]
+        self.budget = Budget(self.args.max_accuracy_drop, self.args.max_latency_ms)
 
     # Read afresh each time: every TrainingArguments resets accelerate's shared state and rebuilds it.
     @property
@@ -152,7 +164,28 @@ class Pipeline:
             raise PipelineError(
                 f"Cannot write to {self.out}: {err}. Set run.output_dir to a writable folder."
             ) from err
-        self._resolve_teacher_source()
+        try:
+            teacher_config = AutoConfig.from_pretrained(self._resolve_teacher_source())
+        except (OSError, ValueError) as err:
+            raise PipelineError(
+                f"run.teacher {self.args.teacher!r} cannot be loaded ({err}). Give a packaged name "
+                f"({', '.join(PACKAGED_SOURCES)}), a local model folder or a Hub id."
+            ) from err
+        for shape in self.args.student:  # presets are known; the other names must resolve now, not after the teacher
+            depth = teacher_layers(shape)
+            if depth and depth >= teacher_config.num_hidden_layers:
+                raise PipelineError(
+                    f"run.student {shape!r}: the teacher has {teacher_config.num_hidden_layers} layers, so "
+                    f"teacher-layers-K needs K below that."
+                )
+            if not depth and shape not in STUDENT_PRESETS:
+                try:
+                    AutoConfig.from_pretrained(shape)
+                except (OSError, ValueError) as err:
+                    raise PipelineError(
+                        f"run.student {shape!r} is neither a preset ({', '.join(STUDENT_PRESETS)}), teacher-layers-K, "
+                        f"nor a model folder or Hub id that loads ({err})."
+                    ) from err
         if self.args.student_init_from is not None:
             try:
                 AutoConfig.from_pretrained(self._packaged_source(self.args.student_init_from))
@@ -176,21 +209,26 @@ class Pipeline:
         # student setting invalidates the student stages but not the (long) augmentation stage.
         self.data = self._stage("data", self._data_settings(), self.stage_data, ())
         self._stage("teacher", self._teacher_settings(), self.stage_teacher, ("data",))
-        student = self._student_settings()
-        self._stage("student_no_distillation", student, self.stage_student_no_distillation, ("data", "teacher"))
         if self.args.augment:
             augmentation = _settings(self.recipe.augmentation)
             self._stage("augmentation", augmentation, self.stage_augmentation, ("data", "teacher"))
         else:
             self.stage_status["augmentation"] = "skipped (run.augment is false)"
+        distillation_inputs = self._distillation_inputs()
+        if self.selecting:
+            self._stage("selection", self._selection_settings(), self.stage_selection, distillation_inputs)
+        else:
+            self.stage_status["selection"] = "skipped (one student)"
+        student = self._student_settings()
+        self._stage("student_no_distillation", student, self.stage_student_no_distillation, ("data", "teacher"))
         if self.args.augment:
             self._stage("distillation_original", student, self.stage_distillation_original, ("data", "teacher"))
         else:
             self.stage_status["distillation_original"] = "skipped (no transfer set: distillation is this row)"
-        distillation_inputs = ("data", "teacher", "augmentation") if self.args.augment else ("data", "teacher")
         self._stage("distillation", student, self.stage_distillation, distillation_inputs)
+        self._stage("guard", {}, self.stage_guard, ("data", "student_no_distillation", "distillation"))
         quantization = _settings(self.recipe.quantization)
-        self._stage("quantization", quantization, self.stage_quantization, ("data", "distillation"))
+        self._stage("quantization", quantization, self.stage_quantization, ("data", "guard"))
         teacher_quantization = _settings(self._teacher_quantization_args())
         self._stage("teacher_quantization", teacher_quantization, self.stage_teacher_quantization, ("data", "teacher"))
         latency = {"latency_runs": self.args.latency_runs}
@@ -231,11 +269,29 @@ class Pipeline:
         return result
 
     def _reload(self, name: str) -> Any:
+        if name == "selection":
+            self.shape = self._selection()["shipped"]
         if name != "data":
             return None
         data = self._load_data()
         self._save_splits(data)
         return data
+
+    @property
+    def selecting(self) -> bool:
+        """Several candidate students: the selection stage picks the one the student stages then train."""
+        return len(self.args.student) > 1
+
+    def _selection(self) -> dict[str, Any]:
+        return json.loads((self.out / CANDIDATES_DIR / SELECTION_FILE).read_text())
+
+    @property
+    def shipped(self) -> str:
+        """The student folder that is quantized, benchmarked as the model and given the card (the guard's choice)."""
+        path = self.out / SHIPPED_FILE
+        if not path.exists():
+            raise PipelineError(f"The guard stage's output {path} is missing; delete {self._marker('guard')}.")
+        return json.loads(path.read_text())["shipped"]
 
     # --------------------------------------------------------------------------------------------------- data
     def _data_settings(self) -> dict[str, Any]:
@@ -390,80 +446,106 @@ class Pipeline:
         return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
     # ----------------------------------------------------------------------------------------------- students
-    def _student_settings(self) -> dict[str, Any]:
-        a = self.args
+    def _student_settings(self, shape: str | None = None) -> dict[str, Any]:
+        a, shape = self.args, shape or self.shape
         init = {"student_init": a.student_init, "student_init_samples": a.student_init_samples}
         if a.student_init_from is not None:  # keyed only when set, so runs built from the teacher keep their keys
             init["student_init_from"] = a.student_init_from
         return (
-            {"student": self.args.student, "max_length": self.args.max_length}
-            | (init if self.args.student in STUDENT_PRESETS else {})
+            {"student": shape, "max_length": a.max_length}
+            | (init if shape in STUDENT_PRESETS else {})
             | _settings(self.recipe.student_training)
         )
 
-    def _initial_student(self) -> tuple[PreTrainedModel, Any]:
+    def _initial_student(self, shape: str | None = None, path: Path | None = None) -> tuple[PreTrainedModel, Any]:
         """The student both runs start from, saved once so that a resumed run starts from the same weights.
 
         It is keyed like a stage (its settings and the data and teacher it came from): when the student stages are
         redone with other settings, a saved initialisation from the old ones is rebuilt, never reused.
         """
-        path = self.out / "student_init"
+        shape, path = shape or self.shape, path or self.out / "student_init"
         a = self.args
-        settings = [a.student, a.student_init, a.student_init_samples, a.max_length, a.seed]
+        settings = [shape, a.student_init, a.student_init_samples, a.max_length, a.seed]
         if a.student_init_from is not None:
             settings.append(a.student_init_from)
         key = _hash([settings, self.keys.get("data"), self.keys.get("teacher")])
         key_file = path / "init_key.json"
         saved = json.loads(key_file.read_text()).get("key") if key_file.exists() else None
         if saved != key:
-            names = label_names(self.data["train"])
-            if self.args.student in STUDENT_PRESETS:
-                source, source_tokenizer = self._student_source(names)
-                # The projection basis comes from the source's hidden states on the first training sentences.
-                texts = self.data["train"]["text"][: self.args.student_init_samples]
-                batches = calibration_batches(source_tokenizer, texts, max_length=self.args.max_length)
-                student = build_student(
-                    source,
-                    preset=self.args.student,
-                    seed=self.args.seed,
-                    encoder_init=self.args.student_init,
-                    calibration_inputs=batches,
-                )
-                if self.args.student_init_from is not None:
-                    # Its layers are the source's, not the teacher's: hidden-state losses must not map them onto the
-                    # teacher's layers of the same numbers (DistillationTrainer then spaces them evenly).
-                    student.config.__dict__.pop("trainer_ext_teacher_layers", None)
-                tokenizer = source_tokenizer
-            else:
-                id2label, label2id = id2label_label2id(names)
-                torch.manual_seed(self.args.seed)
-                student = AutoModelForSequenceClassification.from_pretrained(
-                    self.args.student, num_labels=len(names), id2label=id2label, label2id=label2id
-                )
-                tokenizer = AutoTokenizer.from_pretrained(self.args.student)
+            student, tokenizer = self._build_student(shape, label_names(self.data["train"]))
             if self.is_main:
                 save_pretrained(path, student, tokenizer)
                 write_json(key_file, {"key": key})
             self.barrier()
         return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
 
-    def _student_source(self, names: list[str]) -> tuple[PreTrainedModel, Any]:
-        """The model a preset student is narrowed from: the teacher, or `run.student_init_from` (a pre-trained encoder
-        such as the packaged MiniLM, the part Google's pre-trained BERT-Mini plays in the reference)."""
-        if self.args.student_init_from is None:
-            return self._teacher()
-        source = self._packaged_source(self.args.student_init_from)
+    def _build_student(self, shape: str, names: list[str]) -> tuple[PreTrainedModel, Any]:
+        """A preset narrowed from `student_init_from` (or the teacher, when the preset is wider or deeper than it),
+        `teacher-layers-K` from the teacher, or a model folder / Hub id with a new head for these labels."""
+        if shape in STUDENT_PRESETS:
+            source, source_tokenizer, from_teacher = self._student_source(names, shape)
+            # The projection basis comes from the source's hidden states on the first training sentences.
+            texts = self.data["train"]["text"][: self.args.student_init_samples]
+            batches = calibration_batches(source_tokenizer, texts, max_length=self.args.max_length)
+            student = build_student(
+                source,
+                preset=shape,
+                seed=self.args.seed,
+                encoder_init=self.args.student_init,
+                calibration_inputs=batches,
+            )
+            if not from_teacher:
+                # Its layers are the source's, not the teacher's: hidden-state losses must not map them onto the
+                # teacher's layers of the same numbers (DistillationTrainer then spaces them evenly).
+                student.config.__dict__.pop("trainer_ext_teacher_layers", None)
+            student.config.trainer_ext_student_init_from = None if from_teacher else self.args.student_init_from
+            return student, source_tokenizer
+        if teacher_layers(shape):
+            teacher, tokenizer = self._teacher()
+            return build_student(teacher, num_hidden_layers=teacher_layers(shape)), tokenizer
         id2label, label2id = id2label_label2id(names)
-        set_seed(self.args.seed)  # its new head, so the same run builds the same student
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=len(names), id2label=id2label, label2id=label2id
+        torch.manual_seed(self.args.seed)
+        student = AutoModelForSequenceClassification.from_pretrained(
+            shape, num_labels=len(names), id2label=id2label, label2id=label2id
         )
-        return model, AutoTokenizer.from_pretrained(source)
+        return student, AutoTokenizer.from_pretrained(shape)
 
-    def _train_student(self, name: str, train: Dataset, teacher: PreTrainedModel | None, teacher_tok: Any) -> None:
+    def _student_source(self, names: list[str], preset: str) -> tuple[PreTrainedModel, Any, bool]:
+        """The model a preset student is narrowed from, and whether it is the teacher: `run.student_init_from` (a
+        pre-trained encoder such as the packaged MiniLM, the part Google's pre-trained BERT-Mini plays in the
+        reference) when it is at least as wide and as deep as the preset, else the teacher."""
+        if self.args.student_init_from is not None:
+            source = self._packaged_source(self.args.student_init_from)
+            config, sizes = AutoConfig.from_pretrained(source), STUDENT_PRESETS[preset]
+            if (
+                sizes["hidden_size"] <= config.hidden_size
+                and sizes["num_hidden_layers"] <= config.num_hidden_layers
+                and sizes["hidden_size"] % (config.hidden_size // config.num_attention_heads) == 0
+            ):
+                id2label, label2id = id2label_label2id(names)
+                set_seed(self.args.seed)  # its new head, so the same run builds the same student
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    source, num_labels=len(names), id2label=id2label, label2id=label2id
+                )
+                return model, AutoTokenizer.from_pretrained(source), False
+            logger.warning(
+                f"{preset} is wider or deeper than run.student_init_from {self.args.student_init_from} "
+                f"({config.num_hidden_layers} x {config.hidden_size}): it is narrowed from the teacher instead."
+            )
+        return *self._teacher(), True
+
+    def _train_student(
+        self,
+        name: str,
+        train: Dataset,
+        teacher: PreTrainedModel | None,
+        teacher_tok: Any,
+        shape: str | None = None,
+        init_path: Path | None = None,
+    ) -> None:
         """Train the initial student on `train`: on labels only without a teacher, else distilled against the
         `teacher_logits` column that `train` carries (the teacher is passed for losses that read its hidden states)."""
-        student, tokenizer = self._initial_student()
+        student, tokenizer = self._initial_student(shape, init_path)
         precision = self._precision("student_training", student, tokenizer, train=True)
         args = self._training_args(
             self.recipe.student_training,
@@ -487,6 +569,7 @@ class Pipeline:
         trainer.train()
         if self.is_main:
             save_pretrained(self.out / name, trainer.model, tokenizer)
+        self.barrier()
 
     def stage_student_no_distillation(self) -> None:
         # Without a teacher DistillationTrainer is exactly Trainer: the comparison row differs only in the loss.
@@ -543,8 +626,12 @@ class Pipeline:
         self._save_distillation_data("original", train)
         self._train_student("student_distilled_original", train, teacher, teacher_tokenizer)
 
-    def stage_distillation(self) -> None:
-        teacher, teacher_tokenizer = self._teacher()
+    def _distillation_inputs(self) -> tuple[str, ...]:
+        """The stages whose outputs a distilled student is trained from."""
+        return ("data", "teacher", "augmentation") if self.args.augment else ("data", "teacher")
+
+    def _distillation_train(self, teacher: PreTrainedModel, teacher_tokenizer: Any) -> Dataset:
+        """The original sentences and the transfer set (when augmentation ran), with the teacher's logits."""
         train = self._original_with_logits(teacher, teacher_tokenizer)
         augmented = self.out / "augmentation" / "augmented"
         if self.args.augment:
@@ -552,8 +639,182 @@ class Pipeline:
                 raise PipelineError(f"The augmentation output {augmented} is missing; delete its stage marker.")
             # The transfer set keeps the logits the teacher gave it when labelling it: it never runs on them twice.
             train = merge_with_original(train, load_from_disk(str(augmented)))
+        return train
+
+    def stage_distillation(self) -> None:
+        if self.selecting:
+            # The selection stage trained this shape with these settings on this data: its model is copied, not
+            # trained again (and its INT8 search comes with it, see stage_quantization).
+            candidate = self._candidate_dir(self.shape)
+            if not (candidate / "config.json").exists():
+                raise PipelineError(
+                    f"The selection stage's model {candidate} is missing; delete {self._marker('selection')}."
+                )
+            if self.is_main:
+                write_atomic(self.out / "student_distilled", partial(shutil.copytree, candidate))
+            self.barrier()
+            return
+        teacher, teacher_tokenizer = self._teacher()
+        train = self._distillation_train(teacher, teacher_tokenizer)
         self._save_distillation_data("transfer" if self.args.augment else "original", train)
         self._train_student("student_distilled", train, teacher, teacher_tokenizer)
+
+    # --------------------------------------------------------------------------------------------- selection
+    def _candidate_dir(self, shape: str, init: bool = False) -> Path:
+        """`candidates/<name>` (its model, onnx/ and report: what is copied when it is shipped), or its saved
+        initialisation under `candidates/_init/`; a folder or Hub id is named by its path with / as --."""
+        name = re.sub(r"[^A-Za-z0-9._-]+", "--", shape.strip("/")).lstrip(".-") or "student"
+        return self.out / CANDIDATES_DIR / ("_init" if init else "") / name
+
+    def _selection_settings(self) -> dict[str, Any]:
+        return {
+            "candidates": {shape: self._student_settings(shape) for shape in self.args.student},
+            "budget": asdict(self.budget),
+            "quantization": _settings(self.recipe.quantization),
+        }
+
+    def _eval_accuracy(self, runner: ClassifierRunner) -> float:
+        split = self.data[self.args.eval_split]
+        logits = runner.logits(list(split["text"]), max_length=self.args.max_length)
+        return accuracy(logits, np.asarray(split["label"]))
+
+    def _teacher_eval_accuracy(self, teacher: PreTrainedModel, teacher_tokenizer: Any) -> float:
+        """The teacher's accuracy on the eval split, from logits cached like the training split's."""
+        precision = self._precision("teacher_logits", teacher, teacher_tokenizer, train=False)
+        split = self.data[self.args.eval_split]
+        logits = compute_teacher_logits(
+            teacher,
+            split,
+            batch_size=self.recipe.student_training.per_device_eval_batch_size,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+            teacher_tokenizer=teacher_tokenizer,
+            max_length=self.args.max_length,
+            cache_dir=self.out / "_teacher_logits",
+            bf16=precision.bf16,
+        )
+        return accuracy(logits, np.asarray(split["label"]))
+
+    def _fastest_first(self, shapes: list[str], records: dict[str, dict[str, Any]]) -> list[str]:
+        """The candidates that build, ordered by their measured batch-1 latency (PyTorch FP32, real length, before
+        training: the shape sets the time, not the weights); one that fails to build is recorded as failed."""
+        runners = {}
+        for shape in shapes:
+            try:
+                model, tokenizer = self._initial_student(shape, self._candidate_dir(shape, init=True))
+            except Exception as err:  # noqa: BLE001 - a candidate that cannot be built is recorded, the others run
+                logger.warning(f"Candidate {shape} could not be built", exc_info=True)
+                records[shape] |= {"status": "failed", "error": f"building it failed: {type(err).__name__}: {err}"}
+                continue
+            runners[shape] = ClassifierRunner(model.eval(), tokenizer)
+            config = model.config
+            records[shape] |= {
+                "parameters": runners[shape].parameters,
+                "layers": config.num_hidden_layers,
+                "hidden_size": config.hidden_size,
+                "initialised_from": str(getattr(config, "trainer_ext_student_init", config.name_or_path)),
+            }
+        texts = list(self.data[self.args.eval_split]["text"])
+        timed = serving_latency(runners, texts, runs=40, shapes=("real_length",)) if runners else {}
+        for shape, shapes_ms in timed.items():
+            records[shape]["untrained_fp32_real_length_ms"] = shapes_ms["real_length"]["median_ms"]
+        return sorted(timed, key=lambda shape: timed[shape]["real_length"]["median_ms"])
+
+    def _train_candidate(
+        self, shape: str, folder: Path, train: Dataset, teacher: PreTrainedModel, teacher_tokenizer: Any
+    ) -> dict[str, Any]:
+        """Distil one candidate into `folder`, run the INT8 search there, and return what was measured."""
+        start = time.perf_counter()
+        name = str(folder.relative_to(self.out))
+        self._train_student(name, train, teacher, teacher_tokenizer, shape, self._candidate_dir(shape, init=True))
+        measured = {"train_seconds": time.perf_counter() - start}
+        start = time.perf_counter()
+        self._quantize(folder, folder, self.recipe.quantization, f"{folder} was not saved", calibrate=True)
+        measured["quantization_seconds"] = time.perf_counter() - start
+        return measured | int8_figures(json.loads((folder / REPORT_FILE).read_text()))
+
+    def stage_selection(self) -> None:
+        """Train candidates fastest first, each distilled on the shared transfer set and quantized, until one's INT8
+        model meets the budget; `candidates/selection.json` records every candidate and the one shipped."""
+        teacher, teacher_tokenizer = self._teacher()
+        teacher_accuracy = self._teacher_eval_accuracy(teacher, teacher_tokenizer)
+        train = self._distillation_train(teacher, teacher_tokenizer)
+        self._save_distillation_data("transfer" if self.args.augment else "original", train)
+        records: dict[str, dict[str, Any]] = {shape: {"student": shape} for shape in self.args.student}
+        inputs = {stage: self.keys[stage] for stage in self._distillation_inputs()}
+        order = self._fastest_first(self.args.student, records)
+        chosen = None
+        for shape in order:
+            record = records[shape]
+            folder = self._candidate_dir(shape)
+            if chosen is not None:
+                record["status"] = f"not trained: {chosen}, a faster candidate, met the budget"
+                continue
+            # Keyed like a stage: a resumed selection, or one with more candidates or another budget, reuses every
+            # candidate already trained and measured with these settings on these inputs.
+            key = _hash([self._student_settings(shape), _settings(self.recipe.quantization), inputs])
+            saved_file = folder.parent / f"{folder.name}.json"
+            saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
+            if saved.get("key") == key and (folder / "config.json").exists():
+                self.progress(f"[selection] {shape}: trained and measured in an earlier run, reused")
+                record |= saved["measured"]
+            else:
+                self.progress(f"[selection] {shape}: distilling, then the INT8 search")
+                try:
+                    measured = self._train_candidate(shape, folder, train, teacher, teacher_tokenizer)
+                except Exception as err:  # noqa: BLE001 - a candidate that fails is recorded, the others still run
+                    logger.warning(f"Candidate {shape} failed", exc_info=True)
+                    record |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+                    continue
+                if self.is_main:
+                    write_json(saved_file, {"key": key, "measured": measured})
+                record |= measured
+            late, short = self.budget.shortfall(record, teacher_accuracy)
+            record |= {"status": "trained", "meets_budget": late == 0 and short == 0}
+            record |= {"ms_over_budget": late, "points_over_budget": short}
+            self.progress(
+                f"[selection] {shape}: INT8 {100 * record['int8_accuracy']:.2f}% on {self.args.eval_split} (teacher "
+                f"{100 * teacher_accuracy:.2f}%), {record['int8_real_length_ms']:.2f} ms; "
+                + ("meets the budget" if record["meets_budget"] else "outside the budget")
+            )
+            if record["meets_budget"]:
+                chosen = shape
+        ordered = [records[s] for s in order] + [r for s, r in records.items() if s not in order]
+        shipped, met, reason = pick(ordered, self.budget, teacher_accuracy)
+        if shipped is None:
+            failures = "; ".join(f"{r['student']}: {r.get('error')}" for r in ordered)
+            raise PipelineError(
+                f"No candidate student could be trained ({failures}). Fix or remove them in run.student."
+            )
+        self.shape = shipped
+        if self.is_main:
+            selection = {
+                "budget": asdict(self.budget),
+                "teacher_accuracy": teacher_accuracy,
+                "split": self.args.eval_split,
+                "candidates": ordered,
+                "shipped": shipped,
+                "met": met,
+                "reason": reason,
+            }
+            write_json(self.out / CANDIDATES_DIR / SELECTION_FILE, selection)
+        self.progress(f"[selection] shipping {shipped}: {reason}")
+
+    # ------------------------------------------------------------------------------------------------- guard
+    def stage_guard(self) -> None:
+        """Ship the distilled student unless the one trained on labels alone is more accurate on the eval split."""
+        runners = {}
+        for name in ("student_distilled", "student_no_distillation"):
+            path = self.out / name
+            if not (path / "config.json").exists():
+                raise PipelineError(f"{path} is missing; delete its stage marker to retrain it.")
+            model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+            runners[name] = ClassifierRunner(model, AutoTokenizer.from_pretrained(path))
+        accuracies = {name: self._eval_accuracy(runner) for name, runner in runners.items()}
+        shipped, reason = guard(accuracies)
+        if self.is_main:
+            record = {"shipped": shipped, "reason": reason, "split": self.args.eval_split, "accuracy": accuracies}
+            write_json(self.out / SHIPPED_FILE, record)
+        self.progress(f"[guard] shipping {shipped}: {reason}")
 
     # ------------------------------------------------------------------------------------------- quantization
     def _quantize(self, source: Path, output: Path, args: Any, missing: str, calibrate: bool = False) -> None:
@@ -567,7 +828,11 @@ class Pipeline:
             quantize_model(str(source), tokenizer, eval_data, output, args, calibration_dataset=calibration)
 
     def stage_quantization(self) -> None:
-        path = self.out / "student_distilled"
+        path = self.out / self.shipped
+        if self.selecting and self.shipped == "student_distilled" and (path / REPORT_FILE).exists():
+            # The selection stage ran this search on this model with these settings (its key holds them).
+            self.progress(f"[quantization] the selection stage's INT8 search of {self.shape} is reused")
+            return
         missing = f"There is no trained student in {path} to quantize; run the distillation stage."
         self._quantize(path, path, self.recipe.quantization, missing, calibrate=True)
 
@@ -581,16 +846,20 @@ class Pipeline:
         return name
 
     def _describe_student_base(self, config: Any) -> str:
-        a = self.args
-        if a.student not in STUDENT_PRESETS:
-            return a.student
-        # build_student calls the model it narrows "teacher"; here that is student_init_from when it is set.
+        shape = self.shape
         init = str(getattr(config, "trainer_ext_student_init", "its vocabulary"))
-        if a.student_init_from is None:
-            return f"the {a.student} preset built from the teacher: {init}"
-        packaged = PACKAGED_SOURCES.get(a.student_init_from)
-        source = packaged.description if packaged else a.student_init_from
-        return f"the {a.student} preset narrowed from {source}: {init.replace('teacher layers', 'its layers', 1)}"
+        if teacher_layers(shape):
+            return f"{shape}: {init}"
+        if shape not in STUDENT_PRESETS:
+            return shape
+        # build_student calls the model it narrows "teacher"; here that is student_init_from when it is set (and the
+        # preset fits in it: configs saved before that choice existed lack the attribute).
+        init_from = getattr(config, "trainer_ext_student_init_from", self.args.student_init_from)
+        if init_from is None:
+            return f"the {shape} preset built from the teacher: {init}"
+        packaged = PACKAGED_SOURCES.get(init_from)
+        source = packaged.description if packaged else init_from
+        return f"the {shape} preset narrowed from {source}: {init.replace('teacher layers', 'its layers', 1)}"
 
     def _teacher_quantization_args(self) -> Any:
         # The reference row "teacher, ONNX Runtime INT8" was dynamic quantization; the same search, dynamic only, and
@@ -624,7 +893,17 @@ class Pipeline:
             model = AutoModelForSequenceClassification.from_pretrained(path)
             models[name] = ClassifierRunner(model, AutoTokenizer.from_pretrained(path))
         # INT8 variant: (its folder, the PyTorch variant whose tokenizer and parameter count it shares)
-        int8_folders = {"teacher_int8": ("teacher_int8", "teacher"), INT8_VARIANT: ("student_distilled",) * 2}
+        int8_folders = {"teacher_int8": ("teacher_int8", "teacher"), INT8_VARIANT: (self.shipped,) * 2}
+        order = ("teacher", "teacher_int8", *students, "student_distilled", INT8_VARIANT)
+        if self.selecting:  # every other trained candidate, FP32 and INT8, for the accuracy-latency frontier
+            for record in self._selection()["candidates"]:
+                if record.get("status") != "trained" or record["student"] == self.shape:
+                    continue
+                name, path = f"candidate_{record['student']}", self._candidate_dir(record["student"])
+                model = AutoModelForSequenceClassification.from_pretrained(path)
+                models[name] = ClassifierRunner(model, AutoTokenizer.from_pretrained(path))
+                int8_folders[f"{name}_int8"] = (str(path.relative_to(self.out)), name)
+                order += (name, f"{name}_int8")
         for name, (folder, base) in int8_folders.items():
             int8, report = self.out / folder / ONNX_SUBFOLDER / INT8_FILE, self.out / folder / REPORT_FILE
             if int8.exists():
@@ -635,11 +914,10 @@ class Pipeline:
                     if report.exists()
                     else ("quantization did not run")
                 )
-        order = ("teacher", "teacher_int8", *students, "student_distilled", INT8_VARIANT)
         # The search's OpenVINO pick, when OpenVINO was the fastest runtime for some serving shape.
-        openvino_xml = self.out / "student_distilled" / OPENVINO_SUBFOLDER / OV_FILE
+        openvino_xml = self.out / self.shipped / OPENVINO_SUBFOLDER / OV_FILE
         if openvino_xml.exists():
-            student = models["student_distilled"]
+            student = models[self.shipped]
             models["student_openvino"] = ClassifierRunner(
                 openvino_xml, student.tokenizer, parameters=student.parameters
             )
@@ -656,12 +934,12 @@ class Pipeline:
         if not self.is_main:
             return
         measured = json.loads((self.out / "benchmark" / "variants.json").read_text())
-        a, folder = self.args, self.out / "student_distilled"
+        a, folder = self.args, self.out / self.shipped
         student = AutoConfig.from_pretrained(folder)
         report = folder / REPORT_FILE
         results = Results(
             variants=measured["variants"],
-            model_variant="student_distilled",
+            model_variant=self.shipped,
             evaluation={
                 # Only a Hub dataset id belongs in the card's `datasets`; built-in or local data is named instead.
                 "dataset_id": None if a.dataset == OFFLINE_DATASET_NAME or Path(a.dataset).exists() else a.dataset,
@@ -676,7 +954,7 @@ class Pipeline:
             base_model=next(
                 (
                     name
-                    for name in (a.student, a.teacher)
+                    for name in (self.shape, a.teacher)
                     if name not in STUDENT_PRESETS and name not in PACKAGED_SOURCES and not Path(name).exists()
                 ),
                 None,
@@ -689,6 +967,8 @@ class Pipeline:
             processes=self.num_processes,
             precision=self._recorded_precisions() or None,
             stages=dict(self.stage_seconds),  # every stage before this one; the card's own takes well under a second
+            selection=self._selection() if self.selecting else None,
+            guard=json.loads((self.out / SHIPPED_FILE).read_text()),
         )
         results.save(self.out)
         results.save(folder)
@@ -724,6 +1004,19 @@ def summary_table(results: dict[str, Any]) -> str:
     if latency.get("cpu"):
         versions = sorted({v["runtime_version"] for v in results["variants"].values() if v.get("runtime_version")})
         lines.append(f"measured on {latency['cpu']}, {latency.get('threads')} threads; " + ", ".join(versions))
+    selection = results.get("selection")
+    if selection:
+        met = "met" if selection["met"] else "NOT MET by any candidate, the closest shipped"
+        lines.append(f"selection: {selection['shipped']} ({met}): {selection['reason']}")
+        for r in selection["candidates"]:
+            figures = (
+                f"INT8 {100 * r['int8_accuracy']:.2f}% on {selection['split']}, {r['int8_real_length_ms']:.2f} ms"
+                if r.get("status") == "trained"
+                else r.get("error", "")
+            )
+            lines.append(f"  {r['student']:<24} {r.get('status', '').split(':')[0]:<12} {figures}")
+    if results.get("guard"):
+        lines.append(f"shipped {results['guard']['shipped']}: {results['guard']['reason']}")
     if results.get("precision"):
         lines.append("precision: " + ", ".join(f"{k} {v['precision']}" for k, v in results["precision"].items()))
     if results.get("stages"):

@@ -41,6 +41,7 @@ from .arguments import DistillationTrainingArguments
 from .augmentation import AugmentationArguments
 from .cards import CardArguments
 from .quantization import QuantizationArguments
+from .students import STUDENT_PRESETS, teacher_layers
 
 
 class RecipeError(ValueError):
@@ -82,11 +83,27 @@ class RunArguments:
             "not yet a classifier for these labels."
         },
     )
-    student: str = field(
-        default="bert-mini",
+    student: list[str] = field(
+        default_factory=lambda: ["bert-mini"],
         metadata={
-            "help": "A STUDENT_PRESETS name (built from the teacher, see student_init) or a local folder / Hub id of "
-            "a model to start from (e.g. google/bert_uncased_L-4_H-256_A-4)."
+            "help": "The student, or a list of candidates to choose from by the budget below (fastest first). Each is "
+            f"a preset ({', '.join(STUDENT_PRESETS)}: built from student_init_from or the teacher, see student_init), "
+            "'teacher-layers-K' (K of the teacher's layers at its width) or a local folder / Hub id of a model to "
+            "start from (e.g. google/bert_uncased_L-4_H-256_A-4)."
+        },
+    )
+    max_accuracy_drop: float | None = field(
+        default=None,
+        metadata={
+            "help": "Accuracy budget: the shipped student's INT8 model may be at most this many points below the "
+            "teacher on the eval split. With several candidates the fastest that meets it is shipped."
+        },
+    )
+    max_latency_ms: float | None = field(
+        default=None,
+        metadata={
+            "help": "Latency budget: the shipped student's INT8 model at batch 1, each sentence at its own length "
+            "(the quantization search's real_length shape), in milliseconds on this machine."
         },
     )
     student_init: Literal["projected", "random"] = field(
@@ -122,6 +139,35 @@ class RunArguments:
     seed: int = field(default=42, metadata={"help": "Seed for data, student initialisation and training."})
 
     def __post_init__(self) -> None:
+        if isinstance(self.student, str):  # `student: bert-mini` in a recipe, or a comma-separated override
+            self.student = [name.strip() for name in self.student.split(",") if name.strip()]
+        self.student = list(self.student)
+        if not self.student:
+            raise ValueError("student is empty: name at least one student, e.g. [bert-tiny, bert-mini].")
+        for name in self.student:
+            if (name.startswith("bert-") and name not in STUDENT_PRESETS) or (
+                name.startswith("teacher-layers") and not teacher_layers(name)
+            ):
+                close = difflib.get_close_matches(name, [*STUDENT_PRESETS, "teacher-layers-6"], n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"Unknown student shape {name!r}.{hint} Choose presets from {', '.join(STUDENT_PRESETS)}, "
+                    "'teacher-layers-K' with K >= 1, or a model folder / Hub id."
+                )
+        if len(set(self.student)) < len(self.student):
+            raise ValueError(f"student lists a candidate twice: {self.student}.")
+        if len(self.student) > 1 and self.max_accuracy_drop is None and self.max_latency_ms is None:
+            raise ValueError(
+                f"student lists {len(self.student)} candidates but no budget to choose by: set max_accuracy_drop "
+                "(points below the teacher) and/or max_latency_ms, or name one student."
+            )
+        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 100:
+            raise ValueError(
+                f"max_accuracy_drop is in accuracy points below the teacher, between 0 and 100; got "
+                f"{self.max_accuracy_drop:g}."
+            )
+        if self.max_latency_ms is not None and not self.max_latency_ms > 0:
+            raise ValueError(f"max_latency_ms must be a positive number of milliseconds, got {self.max_latency_ms:g}.")
         if self.student_init not in ("projected", "random"):
             raise ValueError(f"student_init must be 'projected' or 'random', got {self.student_init!r}.")
         if self.max_length < 8 or self.latency_runs < 1 or self.student_init_samples < 1:

@@ -74,6 +74,10 @@ class Results:
     processes: int | None = None
     precision: dict[str, dict[str, Any]] | None = None  # stage -> precision.PrecisionChoice.to_dict()
     stages: dict[str, float] | None = None
+    # The student selection (pipeline, several candidates): budget, every candidate's record, the one shipped and why
+    selection: dict[str, Any] | None = None
+    # The guard (pipeline): the student shipped, distilled or not, with both eval-split accuracies and the reason
+    guard: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.variants = {k: v if isinstance(v, Variant) else Variant(**(v or {})) for k, v in self.variants.items()}

@@ -16,6 +16,7 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "BERT_MEDIUM",
     "BERT_MINI",
     "BERT_SMALL",
     "BERT_TINY",
@@ -26,13 +27,22 @@ __all__ = [
     "evenly_spaced_layers",
     "hidden_state_projection",
     "pca_projection",
+    "teacher_layers",
 ]
 
 # Shapes of the BERT miniatures from "Well-Read Students Learn Better" (Turc et al., 2019).
 BERT_TINY: dict[str, int] = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=2, intermediate_size=512)
 BERT_MINI: dict[str, int] = dict(num_hidden_layers=4, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
 BERT_SMALL: dict[str, int] = dict(num_hidden_layers=4, hidden_size=512, num_attention_heads=8, intermediate_size=2048)
-STUDENT_PRESETS: dict[str, dict[str, int]] = {"bert-tiny": BERT_TINY, "bert-mini": BERT_MINI, "bert-small": BERT_SMALL}
+BERT_MEDIUM: dict[str, int] = dict(num_hidden_layers=8, hidden_size=512, num_attention_heads=8, intermediate_size=2048)
+STUDENT_PRESETS: dict[str, dict[str, int]] = {
+    "bert-tiny": BERT_TINY,
+    "bert-mini": BERT_MINI,
+    "bert-small": BERT_SMALL,
+    "bert-medium": BERT_MEDIUM,
+}
+# "teacher-layers-6": the teacher's own width, 6 of its layers (evenly spaced, the last one kept).
+_TEACHER_LAYERS = re.compile(r"teacher-layers-(\d+)")
 ENCODER_INITS = ("projected", "random")
 
 # The group is only anchored at the start of a key or after a dot so that names like "conv_layers.0." never match;
@@ -41,6 +51,12 @@ _LAYER_KEY = re.compile(r"(^|\.)(encoder\.layer|transformer\.layer|layers?)\.(\d
 # DistilBERT calls the feed-forward width `hidden_dim`; everything else in scope uses `intermediate_size`.
 _INTERMEDIATE_ATTRS = ("intermediate_size", "hidden_dim")
 _PROJECTED_EMBEDDINGS = ("position_embeddings", "token_type_embeddings")
+
+
+def teacher_layers(name: str) -> int | None:
+    """K of a `teacher-layers-K` student name (K of the teacher's layers at its width); None for any other name."""
+    match = _TEACHER_LAYERS.fullmatch(name)
+    return int(match.group(1)) if match else None
 
 
 def count_parameters(model: nn.Module) -> int:

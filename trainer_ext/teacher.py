@@ -40,6 +40,15 @@ def teacher_fingerprint(teacher: PreTrainedModel) -> str:
     return digest.hexdigest()[:16]
 
 
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Hash of what the tokenizer does (its fast tokenizer's JSON, or its vocabulary, and its settings), not of where
+    it was loaded from: a copied or moved output folder keeps its cached logits."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    settings = {k: str(v) for k, v in tokenizer.init_kwargs.items() if k != "name_or_path" and not k.endswith("_file")}
+    return hashlib.sha256((rules + json.dumps(settings, sort_keys=True)).encode()).hexdigest()[:16]
+
+
 def dataset_fingerprint(dataset: Any) -> str | None:
     """The `datasets` fingerprint (it changes with every transform), or None for data we cannot key reliably."""
     fingerprint = getattr(dataset, "_fingerprint", None)
@@ -202,7 +211,7 @@ def compute_teacher_logits(
             "mode": "text",
             "column": text_column,
             "max_length": max_length,
-            "tok": teacher_tokenizer.name_or_path,
+            "tokenizer": tokenizer_fingerprint(teacher_tokenizer),
         }
     else:
         if collate is None:

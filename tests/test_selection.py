@@ -1,0 +1,186 @@
+"""Student selection by budget and the guard against shipping a student that plain fine-tuning beats."""
+
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+from test_pipeline import tiny_recipe, write_assets
+
+from trainer_ext.pipeline import Pipeline, PipelineError, summary_table
+from trainer_ext.recipe import RecipeError, load_recipe
+from trainer_ext.selection import Budget, guard, int8_figures, pick
+
+
+def record(student, accuracy, ms, budget=None, teacher=0.9, status="trained"):
+    budget = budget or Budget()
+    r = {"student": student, "status": status, "int8_accuracy": accuracy, "int8_real_length_ms": ms}
+    if status == "trained":
+        late, short = budget.shortfall(r, teacher)
+        r["meets_budget"] = late == 0 and short == 0
+    return r
+
+
+def test_pick_ships_the_first_candidate_within_the_budget_else_the_closest():
+    budget = Budget(max_accuracy_drop=1.0)
+    tried = [record("tiny", 0.80, 1.0, budget), record("mini", 0.895, 2.0, budget), record("small", 0.9, 4.0, budget)]
+    assert pick(tried, budget, 0.9)[:2] == ("mini", True)  # tried fastest first: the first within 1 point
+    short = [record("tiny", 0.80, 1.0, budget), record("mini", 0.85, 2.0, budget)]
+    shipped, met, why = pick(short, budget, 0.9)
+    assert (shipped, met) == ("mini", False) and "4.00 points short" in why  # the most accurate: 5 - 1 points
+    both = Budget(max_accuracy_drop=1.0, max_latency_ms=1.5)
+    short = [record("tiny", 0.80, 1.0, both), record("mini", 0.85, 2.0, both)]
+    assert pick(short, both, 0.9)[:2] == ("tiny", False)  # mini is over the latency budget
+    late = [record("mini", 0.85, 2.0, both), record("small", 0.89, 3.0, both)]
+    shipped, met, why = pick(late, both, 0.9)
+    assert (shipped, met) == ("mini", False) and "0.50 ms over" in why  # none in time: the fastest
+    failed = [{"student": "bert-huge", "status": "failed", "error": "x"}]
+    assert pick(failed, budget, 0.9) == (None, False, "no candidate trained")
+
+
+def test_guard_ships_the_undistilled_student_only_when_it_is_more_accurate():
+    shipped, why = guard({"student_distilled": 0.80, "student_no_distillation": 0.82})
+    assert shipped == "student_no_distillation" and "distillation did not help on this data" in why
+    assert guard({"student_distilled": 0.80, "student_no_distillation": 0.80})[0] == "student_distilled"
+
+
+def test_int8_figures_read_the_shipped_model_from_the_report():
+    report = {
+        "fp32": {"accuracy": 0.8, "latency": {"median_ms": 4.0}, "shapes": {"real_length": {"median_ms": 2.0}}},
+        "chosen": {"name": "dyn", "accuracy": 0.79},
+        "trials": [{"name": "dyn", "latency": {"median_ms": 3.0}, "shapes": {"real_length": {"median_ms": 1.0}}}],
+    }
+    figures = int8_figures(report)
+    assert (figures["int8_accuracy"], figures["int8_real_length_ms"], figures["int8_fixed_length_ms"]) == (
+        0.79,
+        1.0,
+        3.0,
+    )
+    report["per_shape"] = {"real_length": {"name": "openvino_int8", "median_ms": 0.7, "accuracy": 0.78}}
+    assert (int8_figures(report)["int8_real_length_ms"], int8_figures(report)["int8_accuracy"]) == (0.7, 0.78)
+    kept_fp32 = dict(report, chosen={"name": "fp32", "accuracy": 0.8}, per_shape={})
+    assert int8_figures(kept_fp32)["int8_real_length_ms"] == 2.0
+
+
+@pytest.mark.parametrize(
+    "run, message",
+    [
+        ({"student": "bert-huge"}, "Unknown student shape 'bert-huge'"),
+        ({"student": "teacher-layers-0"}, "Unknown student shape 'teacher-layers-0'"),
+        ({"student": []}, "student is empty"),
+        ({"student": ["bert-tiny", "bert-mini"]}, "no budget to choose by"),
+        ({"student": ["bert-tiny", "bert-tiny"], "max_accuracy_drop": 1}, "lists a candidate twice"),
+        ({"max_accuracy_drop": -0.5}, "between 0 and 100"),
+        ({"max_accuracy_drop": 101}, "between 0 and 100"),
+        ({"max_latency_ms": 0}, "positive number of milliseconds"),
+    ],
+)
+def test_bad_candidates_and_budgets_are_refused_when_the_recipe_is_read(tmp_path, run, message):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps({"run": run}))
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(path)
+
+
+def test_a_student_that_cannot_resolve_fails_before_any_training(tmp_path):
+    assets = write_assets(tmp_path)
+    for student, message in (
+        ([str(tmp_path / "nowhere"), "teacher-layers-1"], "neither a preset"),
+        (["teacher-layers-2", "teacher-layers-1"], "teacher has 2 layers"),
+    ):
+        recipe = load_recipe(tiny_recipe(tmp_path, assets, student=student, max_accuracy_drop=5))
+        with pytest.raises(PipelineError, match=message):
+            Pipeline(recipe, progress=lambda _m: None).run()
+        assert not (tmp_path / "out" / "stages").exists()
+
+
+@pytest.fixture(scope="module")
+def selection_run(tmp_path_factory):
+    """Three candidates, one of which (bert-tiny, wider than the tiny teacher) cannot be built, and a latency budget
+    no candidate can meet: both others are trained, and the fastest is shipped as the closest."""
+    root = tmp_path_factory.mktemp("selection")
+    assets = write_assets(root)
+    students = [assets["student"], "teacher-layers-1", "bert-tiny"]
+    recipe = load_recipe(tiny_recipe(root, assets, student=students, max_latency_ms=1e-6, augment=False))
+    pipeline = Pipeline(recipe, progress=lambda _m: None)
+    return root / "out", pipeline, pipeline.run(), assets
+
+
+def test_every_candidate_is_recorded_and_the_closest_is_shipped_when_none_meets_the_budget(selection_run):
+    out, pipeline, results, assets = selection_run
+    selection = results["selection"]
+    by_name = {r["student"]: r for r in selection["candidates"]}
+    assert by_name["bert-tiny"]["status"] == "failed" and "hidden_size" in by_name["bert-tiny"]["error"]
+    trained = [r for r in selection["candidates"] if r["status"] == "trained"]
+    assert {r["student"] for r in trained} == {assets["student"], "teacher-layers-1"}
+    for r in trained:
+        assert r["train_seconds"] > 0 and 0 <= r["int8_accuracy"] <= 1 and r["int8_real_length_ms"] > 0
+        assert r["meets_budget"] is False and r["ms_over_budget"] > 0
+    # Tried fastest first, by the measured latency of the untrained shapes; the closest is then the fastest INT8.
+    untrained = [r["untrained_fp32_real_length_ms"] for r in trained]
+    assert untrained == sorted(untrained)
+    fastest = min(trained, key=lambda r: r["int8_real_length_ms"])["student"]
+    assert selection["shipped"] == fastest == pipeline.shape and selection["met"] is False
+    assert "no candidate met the budget" in selection["reason"]
+    # The shipped candidate is copied, not trained again, and its INT8 search is reused.
+    assert not (out / "runs" / "student_distilled").exists()
+    candidate = out / "candidates" / pipeline._candidate_dir(fastest).name
+    shipped_weights = (out / "student_distilled" / "model.safetensors").read_bytes()
+    assert shipped_weights == (candidate / "model.safetensors").read_bytes()
+    assert (out / "student_distilled" / "onnx" / "model_quantized.onnx").exists()
+    assert not (out / "student_distilled" / "_init").exists()
+    # The other candidate is benchmarked on the test split too, FP32 and INT8, for the frontier.
+    other = next(r["student"] for r in trained if r["student"] != fastest)
+    assert {f"candidate_{other}", f"candidate_{other}_int8"} <= set(results["variants"])
+    assert results["variants"][f"candidate_{other}"]["accuracy"] is not None
+    # The summary, results.json and the card say plainly that the budget was not met.
+    assert "NOT MET by any candidate" in summary_table(results)
+    card = ModelCard.load(out / results["model_variant"] / "README.md").text
+    assert "### Student selection" in card and "not met by any candidate" in card
+    assert (
+        "failed: building it failed" in card and (out / results["model_variant"] / "accuracy_vs_latency.png").exists()
+    )
+
+
+def test_a_rerun_of_a_selection_reuses_every_stage(selection_run):
+    out, pipeline, results, _ = selection_run
+    again = Pipeline(pipeline.recipe, progress=lambda _m: None)
+    assert again.run()["selection"] == results["selection"]
+    assert again.stage_status["selection"] == "reused" and again.shape == pipeline.shape
+
+
+def test_the_first_candidate_within_the_budget_is_shipped_and_slower_ones_are_not_trained(tmp_path):
+    assets = write_assets(tmp_path)
+    students = ["teacher-layers-1", assets["student"]]
+    recipe = load_recipe(tiny_recipe(tmp_path, assets, student=students, max_accuracy_drop=100, augment=False))
+    results = Pipeline(recipe, progress=lambda _m: None).run()
+    first, second = results["selection"]["candidates"]
+    assert first["status"] == "trained" and first["meets_budget"] and results["selection"]["met"]
+    assert second["status"].startswith("not trained") and "train_seconds" not in second
+    assert results["selection"]["shipped"] == first["student"]
+
+
+def test_the_undistilled_student_is_shipped_when_it_is_more_accurate(tmp_path, monkeypatch):
+    """The guard: here the eval-split accuracies are set so that plain fine-tuning wins; the card, the INT8 model and
+    results.json then belong to the undistilled student, and the card says why."""
+    accuracies = {"student_distilled": 0.5, "student_no_distillation": 0.75}
+    monkeypatch.setattr(Pipeline, "_eval_accuracy", lambda self, runner: accuracies[runner.trainer_ext_name])
+    from trainer_ext import pipeline as pipeline_module
+
+    real_runner = pipeline_module.ClassifierRunner
+
+    def named_runner(model, tokenizer, **kwargs):
+        runner = real_runner(model, tokenizer, **kwargs)
+        path = str(getattr(model, "name_or_path", ""))
+        runner.trainer_ext_name = next((n for n in accuracies if path.endswith(n)), None)
+        return runner
+
+    monkeypatch.setattr(pipeline_module, "ClassifierRunner", named_runner)
+    assets = write_assets(tmp_path)
+    results = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, augment=False)), progress=lambda _m: None).run()
+    out = tmp_path / "out"
+    assert results["guard"]["shipped"] == results["model_variant"] == "student_no_distillation"
+    assert results["guard"]["accuracy"] == accuracies
+    assert (out / "student_no_distillation" / "onnx" / "model_quantized.onnx").exists()
+    assert not (out / "student_distilled" / "onnx").exists() and not (out / "student_distilled" / "README.md").exists()
+    card = ModelCard.load(out / "student_no_distillation" / "README.md").text
+    assert "distillation did not help on this data" in card
