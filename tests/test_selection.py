@@ -95,14 +95,18 @@ def test_a_student_that_cannot_resolve_fails_before_any_training(tmp_path):
 
 @pytest.fixture(scope="module")
 def selection_run(tmp_path_factory):
-    """Three candidates, one of which (bert-tiny, wider than the tiny teacher) cannot be built, and a latency budget
-    no candidate can meet: both others are trained, and the fastest is shipped as the closest."""
+    """Three candidates, one of which (bert-tiny, wider than the tiny teacher) cannot be built, and an accuracy budget
+    no candidate can meet (the teacher's accuracy is set to 101% here): both others are trained, and the most accurate
+    INT8 model is shipped as the closest."""
     root = tmp_path_factory.mktemp("selection")
     assets = write_assets(root)
     students = [assets["student"], "teacher-layers-1", "bert-tiny"]
-    recipe = load_recipe(tiny_recipe(root, assets, student=students, max_latency_ms=1e-6, augment=False))
+    recipe = load_recipe(tiny_recipe(root, assets, student=students, max_accuracy_drop=0.5, augment=False))
     pipeline = Pipeline(recipe, progress=lambda _m: None)
-    return root / "out", pipeline, pipeline.run(), assets
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Pipeline, "_teacher_eval_accuracy", lambda *_args: 1.01)
+        results = pipeline.run()
+    return root / "out", pipeline, results, assets
 
 
 def test_every_candidate_is_recorded_and_the_closest_is_shipped_when_none_meets_the_budget(selection_run):
@@ -114,22 +118,22 @@ def test_every_candidate_is_recorded_and_the_closest_is_shipped_when_none_meets_
     assert {r["student"] for r in trained} == {assets["student"], "teacher-layers-1"}
     for r in trained:
         assert r["train_seconds"] > 0 and 0 <= r["int8_accuracy"] <= 1 and r["int8_real_length_ms"] > 0
-        assert r["meets_budget"] is False and r["ms_over_budget"] > 0
-    # Tried fastest first, by the measured latency of the untrained shapes; the closest is then the fastest INT8.
+        assert r["meets_budget"] is False and r["points_over_budget"] > 0
+    # Tried fastest first, by the measured latency of the untrained shapes; the closest is the most accurate INT8.
     untrained = [r["untrained_fp32_real_length_ms"] for r in trained]
     assert untrained == sorted(untrained)
-    fastest = min(trained, key=lambda r: r["int8_real_length_ms"])["student"]
-    assert selection["shipped"] == fastest == pipeline.shape and selection["met"] is False
+    best = max(trained, key=lambda r: r["int8_accuracy"])["student"]
+    assert selection["shipped"] == best == pipeline.shape and selection["met"] is False
     assert "no candidate met the budget" in selection["reason"]
     # The shipped candidate is copied, not trained again, and its INT8 search is reused.
     assert not (out / "runs" / "student_distilled").exists()
-    candidate = out / "candidates" / pipeline._candidate_dir(fastest).name
+    candidate = out / "candidates" / pipeline._candidate_dir(best).name
     shipped_weights = (out / "student_distilled" / "model.safetensors").read_bytes()
     assert shipped_weights == (candidate / "model.safetensors").read_bytes()
     assert (out / "student_distilled" / "onnx" / "model_quantized.onnx").exists()
     assert not (out / "student_distilled" / "_init").exists()
     # The other candidate is benchmarked on the test split too, FP32 and INT8, for the frontier.
-    other = next(r["student"] for r in trained if r["student"] != fastest)
+    other = next(r["student"] for r in trained if r["student"] != best)
     assert {f"candidate_{other}", f"candidate_{other}_int8"} <= set(results["variants"])
     assert results["variants"][f"candidate_{other}"]["accuracy"] is not None
     # The summary, results.json and the card say plainly that the budget was not met.
@@ -141,11 +145,33 @@ def test_every_candidate_is_recorded_and_the_closest_is_shipped_when_none_meets_
     )
 
 
-def test_a_rerun_of_a_selection_reuses_every_stage(selection_run):
-    out, pipeline, results, _ = selection_run
+def test_a_rerun_of_a_selection_reuses_every_stage_and_a_new_budget_every_candidate(selection_run, tmp_path):
+    out, pipeline, results, assets = selection_run
     again = Pipeline(pipeline.recipe, progress=lambda _m: None)
     assert again.run()["selection"] == results["selection"]
     assert again.stage_status["selection"] == "reused" and again.shape == pipeline.shape
+    # Another budget redoes the selection, not the training: every candidate's model and measurements are reused.
+    import shutil
+
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    for stage in (
+        "selection",
+        "student_no_distillation",
+        "distillation",
+        "guard",
+        "quantization",
+        "benchmark",
+        "card",
+    ):
+        (copy / "stages" / f"{stage}.json").unlink()
+    messages = []
+    overrides = {"run": {"output_dir": str(copy), "max_accuracy_drop": "100"}}
+    redone = Pipeline(load_recipe(pipeline.recipe.source, overrides=overrides), progress=messages.append).run()
+    assert sum("trained and measured in an earlier run, reused" in m for m in messages) == 1  # the first one met it
+    first = redone["selection"]["candidates"][0]
+    assert redone["selection"]["met"] and redone["selection"]["shipped"] == first["student"]
+    assert first["train_seconds"] == results["selection"]["candidates"][0]["train_seconds"]
 
 
 def test_the_first_candidate_within_the_budget_is_shipped_and_slower_ones_are_not_trained(tmp_path):
@@ -157,6 +183,18 @@ def test_the_first_candidate_within_the_budget_is_shipped_and_slower_ones_are_no
     assert first["status"] == "trained" and first["meets_budget"] and results["selection"]["met"]
     assert second["status"].startswith("not trained") and "train_seconds" not in second
     assert results["selection"]["shipped"] == first["student"]
+
+
+def test_candidates_slower_than_one_over_the_latency_budget_are_not_trained(tmp_path):
+    assets = write_assets(tmp_path)
+    students = ["teacher-layers-1", assets["student"]]
+    recipe = load_recipe(tiny_recipe(tmp_path, assets, student=students, max_latency_ms=1e-6, augment=False))
+    selection = Pipeline(recipe, progress=lambda _m: None).run()["selection"]
+    first, second = selection["candidates"]
+    assert first["status"] == "trained" and first["ms_over_budget"] > 0
+    assert second["status"] == f"not trained: slower than {first['student']}, which is already over the latency budget"
+    assert (selection["shipped"], selection["met"]) == (first["student"], False)
+    assert "ms over the latency budget" in selection["reason"]
 
 
 def test_the_undistilled_student_is_shipped_when_it_is_more_accurate(tmp_path, monkeypatch):

@@ -742,12 +742,15 @@ class Pipeline:
         records: dict[str, dict[str, Any]] = {shape: {"student": shape} for shape in self.args.student}
         inputs = {stage: self.keys[stage] for stage in self._distillation_inputs()}
         order = self._fastest_first(self.args.student, records)
-        chosen = None
+        chosen = too_slow = None
         for shape in order:
             record = records[shape]
             folder = self._candidate_dir(shape)
             if chosen is not None:
                 record["status"] = f"not trained: {chosen}, a faster candidate, met the budget"
+                continue
+            if too_slow is not None:  # candidates are in order of latency: this one would be over the budget too
+                record["status"] = f"not trained: slower than {too_slow}, which is already over the latency budget"
                 continue
             # Keyed like a stage: a resumed selection, or one with more candidates or another budget, reuses every
             # candidate already trained and measured with these settings on these inputs.
@@ -778,6 +781,8 @@ class Pipeline:
             )
             if record["meets_budget"]:
                 chosen = shape
+            elif late > 0:
+                too_slow = shape
         ordered = [records[s] for s in order] + [r for s, r in records.items() if s not in order]
         shipped, met, reason = pick(ordered, self.budget, teacher_accuracy)
         if shipped is None:
