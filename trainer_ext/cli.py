@@ -178,7 +178,7 @@ def _run(argv: list[str]) -> int:
         )
         print(summary_table(results))
         print(f"results: {os.path.join(recipe.run.output_dir, 'results.json')}")
-        print(f"card and ONNX: {os.path.join(recipe.run.output_dir, 'student_distilled')}")
+        print(f"card and ONNX: {os.path.join(recipe.run.output_dir, pipeline.shipped)}")
     return 0
 
 
@@ -187,8 +187,8 @@ _COMMANDS = {
     "relabel them with a teacher; saves a datasets folder.",
     "quantize": "Export a saved classifier to ONNX and keep the fastest INT8 configuration whose accuracy stays within "
     "the criterion (accuracy-aware search through Optimum and ONNX Runtime).",
-    "run": "Run a recipe: data, teacher, student without distillation, augmentation, distillation, quantization, "
-    "benchmark and model card; each finished stage is reused on a re-run.",
+    "run": "Run a recipe: data, teacher, augmentation, the student (chosen by a budget from candidates), with and "
+    "without distillation, quantization, benchmark and model card; each finished stage is reused on a re-run.",
     "card": "Write a Hub-ready README.md model card (and accuracy_vs_latency.png) from a folder's measured "
     "results.json or compression_report.json.",
 }
