@@ -32,7 +32,7 @@ def test_cli_rejects_unknown_commands_and_flags(capsys):
 def test_demo_is_a_profile_of_the_offline_recipe():
     demo = load_recipe(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml", profile="demo")
     assert not demo.run.augment and demo.teacher_training.num_train_epochs == 1
-    assert demo.run.student == "bert-mini" and demo.student_training.distillation_loss == "kl"
+    assert demo.run.student == ["bert-mini"] and demo.student_training.distillation_loss == "kl"
 
 
 @pytest.mark.slow
