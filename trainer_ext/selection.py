@@ -31,7 +31,9 @@ class Budget:
     def describe(self) -> str:
         parts = []
         if self.max_accuracy_drop is not None:
-            parts.append(f"at most {self.max_accuracy_drop:g} points below the teacher")
+            parts.append(
+                f"at most {self.max_accuracy_drop:g} point{'' if self.max_accuracy_drop == 1 else 's'} below the teacher"
+            )
         if self.max_latency_ms is not None:
             parts.append(f"at most {self.max_latency_ms:g} ms at batch 1")
         return " and ".join(parts) or "no budget (the fastest candidate)"
