@@ -15,6 +15,7 @@ import platform
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -182,11 +183,10 @@ def _provenance(results: Results) -> list[str]:
         )
     if results.selection:
         sel = results.selection
-        outcome = "met" if sel.get("met") else "not met by any candidate"
+        outcome = "met the budget" if sel.get("met") else "the budget was not met by any candidate: the closest"
         lines.append(
-            f"Student chosen from {len(sel.get('candidates', []))} candidates by the budget "
-            f"{md(_budget_text(sel.get('budget') or {}))} ({outcome}): {md(sel.get('shipped'))}, {md(sel.get('reason'))} "
-            "(candidates below)."
+            f"Student: {md(sel.get('shipped'))}, chosen from {len(sel.get('candidates', []))} candidates ({outcome}); "
+            f"{md(sel.get('reason'))} (candidates below)."
         )
     if results.guard:
         shipped = variant_label(results.guard.get("shipped", ""))
@@ -210,15 +210,6 @@ def _provenance(results: Results) -> list[str]:
         stages = ", ".join(f"{md(k)} {v:.0f} s" for k, v in results.stages.items() if _is_number(v))
         lines.append(f"Stage durations: {stages}.")
     return lines or ["Trained with trainer-ext."]
-
-
-def _budget_text(budget: dict[str, Any]) -> str:
-    parts = []
-    if budget.get("max_accuracy_drop") is not None:
-        parts.append(f"INT8 at most {budget['max_accuracy_drop']:g} points below the teacher")
-    if budget.get("max_latency_ms") is not None:
-        parts.append(f"at most {budget['max_latency_ms']:g} ms at batch 1, real length")
-    return " and ".join(parts) or "none"
 
 
 def _candidates(results: Results) -> list[dict[str, str]]:
@@ -344,7 +335,7 @@ def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | N
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
     shape_markers = {"real_length": ("o", "real length"), "batch_32": ("s", "batch 32, per sentence")}
     for name, v in results.variants.items():
         if not (_is_number(v.latency_ms) and _is_number(v.accuracy)):
@@ -374,7 +365,8 @@ def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | N
             plt.Line2D([], [], marker=m, ls="", mfc="none", color="grey", label=text)
             for m, text in shape_markers.values()
         ]
-    ax.legend(handles=handles, fontsize=7, loc="best")
+    # Below the axes: inside, with the teacher and budget lines, no corner is free of points and labels.
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     ax.set_xscale("log")
     # Plain numbers at 1, 2, 5, 10, 20, ... ms instead of matplotlib's "2x10^0" labels.
     ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -384,7 +376,7 @@ def accuracy_latency_plot(results: Results, path: str | os.PathLike) -> Path | N
     ax.set_ylabel(f"{results.metric} (%)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    write_atomic(path, fig.savefig)
+    write_atomic(path, partial(fig.savefig, bbox_inches="tight"))
     plt.close(fig)
     return Path(path)
 
