@@ -57,6 +57,9 @@ def test_int8_figures_read_the_shipped_model_from_the_report():
     )
     report["per_shape"] = {"real_length": {"name": "openvino_int8", "median_ms": 0.7, "accuracy": 0.78}}
     assert (int8_figures(report)["int8_real_length_ms"], int8_figures(report)["int8_accuracy"]) == (0.7, 0.78)
+    # The FP32 graph picked for real length (faster than INT8 there): its figures, with the FP32 accuracy.
+    report["per_shape"] = {"real_length": {"name": "fp32", "median_ms": 0.6}}
+    assert (int8_figures(report)["int8_real_length_ms"], int8_figures(report)["int8_accuracy"]) == (0.6, 0.8)
     kept_fp32 = dict(report, chosen={"name": "fp32", "accuracy": 0.8}, per_shape={})
     assert int8_figures(kept_fp32)["int8_real_length_ms"] == 2.0
 
