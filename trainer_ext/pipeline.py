@@ -102,7 +102,7 @@ STAGES = (
 STAGE_DIR = "stages"
 PRECISION_FILE = "precision.json"
 LOGITS_FILE = "teacher_logits.npy"  # the original training sentences' teacher logits, under distillation_data/
-CANDIDATES_DIR = "candidates"  # selection: one folder per candidate student (model, onnx/, report, candidate.json)
+CANDIDATES_DIR = "candidates"  # selection: per candidate, a folder (model, onnx/, report) and <name>.json (figures)
 SELECTION_FILE = "selection.json"  # selection: every candidate's record and the one shipped
 SHIPPED_FILE = "shipped.json"  # guard: the student shipped (distilled or not) and why
 
@@ -575,13 +575,13 @@ class Pipeline:
         # Without a teacher DistillationTrainer is exactly Trainer: the comparison row differs only in the loss.
         self._train_student("student_no_distillation", self.data["train"], None, None)
 
-    def _original_with_logits(self, teacher: PreTrainedModel, teacher_tokenizer: Any) -> Dataset:
-        """The training split with the teacher's logits, computed once (cached under `_teacher_logits`) for both
-        distillation stages, at the training length, in the precision measured for the teacher's inference."""
+    def _teacher_logits(self, teacher: PreTrainedModel, teacher_tokenizer: Any, split: str) -> np.ndarray:
+        """The teacher's logits on a split, computed once (cached under `_teacher_logits`), at the training length,
+        in the precision measured for the teacher's inference."""
         precision = self._precision("teacher_logits", teacher, teacher_tokenizer, train=False)
-        logits = compute_teacher_logits(
+        return compute_teacher_logits(
             teacher,
-            self.data["train"],
+            self.data[split],
             batch_size=self.recipe.student_training.per_device_eval_batch_size,
             device="cuda" if torch.cuda.is_available() else "cpu",
             teacher_tokenizer=teacher_tokenizer,
@@ -589,6 +589,10 @@ class Pipeline:
             cache_dir=self.out / "_teacher_logits",
             bf16=precision.bf16,
         )
+
+    def _original_with_logits(self, teacher: PreTrainedModel, teacher_tokenizer: Any) -> Dataset:
+        """The training split with the teacher's logits (one pass for every distillation stage and candidate)."""
+        logits = self._teacher_logits(teacher, teacher_tokenizer, "train")
         return self.data["train"].add_column("teacher_logits", logits.tolist())
 
     def _save_distillation_data(self, name: str, train: Dataset) -> None:
@@ -679,20 +683,9 @@ class Pipeline:
         return accuracy(logits, np.asarray(split["label"]))
 
     def _teacher_eval_accuracy(self, teacher: PreTrainedModel, teacher_tokenizer: Any) -> float:
-        """The teacher's accuracy on the eval split, from logits cached like the training split's."""
-        precision = self._precision("teacher_logits", teacher, teacher_tokenizer, train=False)
-        split = self.data[self.args.eval_split]
-        logits = compute_teacher_logits(
-            teacher,
-            split,
-            batch_size=self.recipe.student_training.per_device_eval_batch_size,
-            device="cuda" if torch.cuda.is_available() else "cpu",
-            teacher_tokenizer=teacher_tokenizer,
-            max_length=self.args.max_length,
-            cache_dir=self.out / "_teacher_logits",
-            bf16=precision.bf16,
-        )
-        return accuracy(logits, np.asarray(split["label"]))
+        """The teacher's accuracy on the eval split, the budget's reference."""
+        logits = self._teacher_logits(teacher, teacher_tokenizer, self.args.eval_split)
+        return accuracy(logits, np.asarray(self.data[self.args.eval_split]["label"]))
 
     def _fastest_first(self, shapes: list[str], records: dict[str, dict[str, Any]]) -> list[str]:
         """The candidates that build, ordered by their measured batch-1 latency (PyTorch FP32, real length, before
