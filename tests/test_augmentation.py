@@ -326,7 +326,7 @@ def test_augment_command(tmp_path, corpus, gen_tokenizer, capsys):
     assert list(saved["source"]).count("generated") == 12
     assert "kept 12" in capsys.readouterr().out
     assert main(["augment", "--train_data", str(csv)]) == 2  # no --output_dir: one line, before any work
-    assert "trainer-ext augment: error: --output_dir is required" in capsys.readouterr().err
+    assert "trainer-ext augment: error: --output_dir is missing. Pass --output_dir DIR" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -435,7 +435,10 @@ def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
     with pytest.raises(PipelineError, match="guard stage's output .*shipped.json is missing"):
         empty.stage_quantization()
     missing = {"output_dir": str(tmp_path / "p"), "augment": "false", "student_init_from": str(tmp_path / "nothing")}
-    with pytest.raises(PipelineError, match="run.student_init_from .* cannot be loaded"):
+    with pytest.raises(
+        PipelineError,
+        match="run.student_init_from .* does not exist: there is no such folder. Set --run.student_init_from",
+    ):
         Pipeline(load_recipe(None, overrides={"run": missing}), progress=lambda _m: None).run()
     assert not (tmp_path / "p" / "stages").exists()  # refused before the first stage
 

@@ -283,7 +283,7 @@ def test_quantize_command(tmp_path, tokenizer, capsys):
     assert "dynamic_per_tensor" in out and "chosen:" in out and "fastest for real_length" in out
     assert (tmp_path / "out" / "onnx" / "model.onnx").exists()
     assert main(["quantize", str(tmp_path / "model")]) == 2  # no --output_dir: one line, before any work
-    assert "trainer-ext quantize: error: --output_dir is required" in capsys.readouterr().err
+    assert "trainer-ext quantize: error: --output_dir is missing. Pass --output_dir DIR" in capsys.readouterr().err
 
 
 def _fail_plain_candidates(monkeypatch, data, on_probe=None) -> None:

@@ -87,7 +87,7 @@ def test_bad_candidates_and_budgets_are_refused_when_the_recipe_is_read(tmp_path
 def test_a_student_that_cannot_resolve_fails_before_any_training(tmp_path):
     assets = write_assets(tmp_path)
     for student, message in (
-        ([str(tmp_path / "nowhere"), "teacher-layers-1"], "neither a preset"),
+        ([str(tmp_path / "nowhere"), "teacher-layers-1"], "run.student .*nowhere. does not exist"),
         (["teacher-layers-2", "teacher-layers-1"], "teacher has 2 layers"),
     ):
         recipe = load_recipe(tiny_recipe(tmp_path, assets, student=student, max_accuracy_drop=5))

@@ -258,6 +258,21 @@ def _to_parquet(dataset: Dataset, path: Path) -> None:
     dataset.to_parquet(str(path))
 
 
+def prompt_names(prompt_label_names: str | None, label_names: list[str]) -> list[str]:
+    """The words that stand for each label in the generator's lines: the label names, or `prompt_label_names` (one
+    distinct word per label, comma-separated, in label-id order)."""
+    if not prompt_label_names:
+        return list(label_names)
+    names = [n.strip() for n in prompt_label_names.split(",")]
+    if len(names) != len(label_names) or len(set(names)) != len(names) or not all(names):
+        raise AugmentationError(
+            f"prompt_label_names={prompt_label_names!r} must give {len(label_names)} distinct words, one per label in "
+            f"order {label_names}: the data has {len(label_names)} label{'s' if len(label_names) != 1 else ''}. "
+            "Give one word per label, or leave it unset to use the label names."
+        )
+    return names
+
+
 class TextGenerationAugmenter:
     """Generate labelled training sentences with a (fine-tuned) causal LM and relabel them with a teacher.
 
@@ -546,16 +561,8 @@ class TextGenerationAugmenter:
         return dataset
 
     def prompt_names(self, label_names: list[str]) -> list[str]:
-        """The words that stand for each label in the generator's lines: the label names, or prompt_label_names."""
-        if not self.args.prompt_label_names:
-            return list(label_names)
-        names = [n.strip() for n in self.args.prompt_label_names.split(",")]
-        if len(names) != len(label_names) or len(set(names)) != len(names) or not all(names):
-            raise AugmentationError(
-                f"prompt_label_names={self.args.prompt_label_names!r} must give {len(label_names)} distinct words, "
-                f"one per label in order {label_names}."
-            )
-        return names
+        """The words that stand for each label in the generator's lines (see `prompt_names`)."""
+        return prompt_names(self.args.prompt_label_names, label_names)
 
     def _generate_all(
         self,

@@ -7,18 +7,40 @@ import sys
 from typing import Any
 
 
+class UsageError(ValueError):
+    """A command line that does not parse; the message names the flag."""
+
+
 def _parse(argv: list[str], types: tuple[type, ...], prog: str, positional: str | None = None) -> tuple[Any, ...]:
     """The command's dataclasses from its flags (`HfArgumentParser`, the same parser as recipes'); `positional`
-    names the field a leading bare argument fills (`trainer-ext quantize MODEL_DIR`). Bad flags exit 2."""
+    names the field a leading bare argument fills (`trainer-ext quantize MODEL_DIR`). Bad flags are a `UsageError`."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(types, prog=prog)
+    class Parser(HfArgumentParser):
+        def error(self, message: str) -> Any:  # argparse prints usage and exits; the CLI says it in one line
+            raise UsageError(f"{message}. See {prog.split()[0]} {prog.split()[1]} --help")
+
+    parser = Parser(types, prog=prog)
     if positional and argv and not argv[0].startswith("-"):
         argv = [f"--{positional}", *argv]
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     if unknown:
-        parser.error(f"unrecognised arguments {unknown}")
+        parser.error(f"unrecognised arguments {' '.join(unknown)}")
     return tuple(parsed)
+
+
+def _check_model_folder(path: str, flag: str) -> None:
+    """A saved model folder, or a `UsageError` before any data is read. (Hub ids are for `trainer-ext run`.)"""
+    from pathlib import Path
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path} does not exist or is not a folder. Pass a folder saved with save_pretrained")
+    if not (folder / "config.json").exists():
+        raise UsageError(
+            f"{flag} {path} has no config.json, so it is not a saved model. Pass a folder saved with save_pretrained "
+            "(config.json, weights, tokenizer)"
+        )
 
 
 def _augment(argv: list[str]) -> int:
@@ -44,8 +66,11 @@ def _augment(argv: list[str]) -> int:
     inputs, aug = _parse(argv, (AugmentInputs, AugmentationArguments), "trainer-ext augment")
     if not aug.output_dir:
         return _user_error(
-            "augment", "--output_dir is required: generated shards, statistics and the dataset go there"
+            "augment",
+            "--output_dir is missing. Pass --output_dir DIR: generated shards, statistics and the dataset go there",
         )
+    if inputs.teacher:
+        _check_model_folder(inputs.teacher, "--teacher")
     hf_logging.set_verbosity_warning()
     data = load_text_classification_dataset(inputs.train_data, max_train_samples=inputs.max_train_samples)
     teacher = teacher_tokenizer = None
@@ -92,7 +117,10 @@ def _quantize(argv: list[str]) -> int:
     types = (QuantizeInputs, QuantizationArguments)
     inputs, qargs = _parse(argv, types, "trainer-ext quantize MODEL_DIR", positional="model_dir")
     if not inputs.output_dir:
-        return _user_error("quantize", "--output_dir is required: onnx/ and compression_report.json go there")
+        return _user_error(
+            "quantize", "--output_dir is missing. Pass --output_dir DIR: onnx/ and compression_report.json go there"
+        )
+    _check_model_folder(inputs.model_dir, "MODEL_DIR")
     hf_logging.set_verbosity_warning()
     data = load_text_classification_dataset(inputs.eval_data)
     if inputs.eval_split not in data:
@@ -151,8 +179,8 @@ def _run(argv: list[str]) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from .pipeline import Pipeline, PipelineError, summary_table
-    from .recipe import RecipeError, load_recipe, parse_overrides
+    from .pipeline import Pipeline, summary_table
+    from .recipe import load_recipe, parse_overrides
 
     if argv and argv[0] in ("-h", "--help"):
         print(
@@ -162,15 +190,15 @@ def _run(argv: list[str]) -> int:
         )
         return 0
     if not argv or argv[0].startswith("--"):
-        return _user_error("run", "give a recipe file, e.g. recipes/rotten_tomatoes_offline.yaml")
-    try:
-        overrides, profile = parse_overrides(argv[1:])
-        recipe = load_recipe(argv[0], overrides, profile)
-        hf_logging.set_verbosity_warning()
-        pipeline = Pipeline(recipe)
-        results = pipeline.run()
-    except (RecipeError, PipelineError) as err:  # a user error: the message says what to do, no traceback
-        return _user_error("run", str(err))
+        return _user_error(
+            "run",
+            "no recipe given. Pass a recipe file first, e.g. trainer-ext run recipes/rotten_tomatoes_offline.yaml",
+        )
+    overrides, profile = parse_overrides(argv[1:])
+    recipe = load_recipe(argv[0], overrides, profile)
+    hf_logging.set_verbosity_warning()
+    pipeline = Pipeline(recipe)
+    results = pipeline.run()
     if pipeline.is_main:
         print()
         print(
@@ -195,7 +223,12 @@ _COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`trainer-ext COMMAND ...`. A user error (data, model, recipe, output folder, a missing extra) is one line,
+    `trainer-ext COMMAND: error: what is wrong. What to do.`, and exit status 2; `--debug` anywhere on the line shows
+    its traceback instead. Any other exception is a bug, and keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [arg for arg in argv if arg != "--debug"]
     parser = argparse.ArgumentParser(
         prog="trainer-ext",
         description="Distil, augment and quantize Hugging Face text classifiers.",
@@ -210,11 +243,80 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command not in _COMMANDS:
         parser.error(f"unknown command {command!r}; choose from {', '.join(sorted(_COMMANDS))}")
-    return {"augment": _augment, "quantize": _quantize, "card": _card, "run": _run}[command](rest)
+    _quiet_datasets()
+    try:
+        return {"augment": _augment, "quantize": _quantize, "card": _card, "run": _run}[command](rest)
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None or debug:
+            raise
+        return _user_error(command, message)
+
+
+def _quiet_datasets() -> None:
+    """datasets logs a file it cannot read, and draws a bar per file, before the error that this CLI translates."""
+    import datasets
+
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+    datasets.disable_progress_bars()
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one-line message of an exception that a user's input caused, or None for anything else (a bug).
+
+    trainer-ext's own errors already say what to do. Errors of huggingface_hub, transformers and the file system
+    that mean a wrong name or path are said as such, with what to pass instead.
+    """
+    from huggingface_hub import errors as hub_errors
+
+    from .assets import PackagedAssetError
+    from .augmentation import AugmentationError
+    from .cards import ModelCardError
+    from .data import DatasetUnavailableError, DataValidationError
+    from .pipeline import PipelineError
+    from .quantization import QuantizationError
+    from .recipe import RecipeError
+    from .results import ResultsError
+    from .trainer import DistillationError
+
+    ours = (
+        UsageError,
+        RecipeError,
+        PipelineError,
+        DataValidationError,
+        DatasetUnavailableError,
+        AugmentationError,
+        ModelCardError,
+        QuantizationError,
+        ResultsError,
+        PackagedAssetError,
+        DistillationError,
+    )
+    text = " ".join(str(err).split()).rstrip(".")
+    model_fix = (
+        "Pass a folder saved with save_pretrained (config.json, weights, tokenizer), or a Hub id that is online or "
+        "in the local cache"
+    )
+    if isinstance(err, ours):
+        return text
+    if isinstance(err, (hub_errors.HFValidationError, hub_errors.RepositoryNotFoundError)):
+        return f"not a local folder or a Hub model id ({text}). {model_fix}"
+    if isinstance(err, (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled)):
+        return f"not available offline ({text}). {model_fix}; unset HF_HUB_OFFLINE to download it"
+    if isinstance(err, ImportError) and any(extra in text for extra in ("openvino", "nncf")):
+        return f"{text}. Install the extra: pip install 'trainer-ext[openvino]'"
+    if isinstance(err, (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return f"{text}. Check the path"
+    if isinstance(err, OSError) and any(
+        phrase in text
+        for phrase in ("Can't load", "is not a local folder", "does not appear to have", "Incorrect path")
+    ):
+        return f"{text.split('. ')[0]}. {model_fix}"
+    return None
 
 
 def _user_error(command: str, message: str) -> int:
-    print(f"trainer-ext {command}: error: {message}", file=sys.stderr)
+    print(f"trainer-ext {command}: error: {message.rstrip('.')}.", file=sys.stderr)
     return 2
 
 

@@ -4,6 +4,7 @@ with `text` and `label` columns, and validate them before training."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -56,7 +57,17 @@ _MAX_REPORTED = 5
 
 
 class DataValidationError(ValueError):
-    """The data cannot be used for text classification as is; the message says how to fix it."""
+    """The data cannot be used for text classification as is; the message says how to fix it.
+
+    `settings` names the arguments of `load_text_classification_dataset` that would fix it, with suggested values
+    (`{"label_column": "sentiment"}`), so that a command line can name its own flags; `problem` is the message
+    without that suggestion.
+    """
+
+    def __init__(self, problem: str, *, settings: dict[str, str] | None = None) -> None:
+        self.problem, self.settings = problem, dict(settings or {})
+        fix = ", ".join(f"{name}={value!r}" for name, value in self.settings.items())
+        super().__init__(f"{problem} Pass {fix}." if fix else problem)
 
 
 class DatasetUnavailableError(ConnectionError):
@@ -322,10 +333,35 @@ def _load_data_files(data_files: dict[str, list[str]], cache_dir: str | None) ->
                 raise FileNotFoundError(f"Data file '{f}' for split '{split}' does not exist; check the path.")
         builder, kwargs = FILE_FORMATS[formats.pop()]
         # One split at a time: splits may have different columns (e.g. a test file without labels).
-        raw[split] = datasets.load_dataset(
-            builder, data_files={split: files}, split=split, cache_dir=cache_dir, **kwargs
-        )
+        try:
+            raw[split] = datasets.load_dataset(
+                builder, data_files={split: files}, split=split, cache_dir=cache_dir, **kwargs
+            )
+        except Exception as err:  # what datasets says about a file the user gave, said as what to do about it
+            translated = _file_error(err, files, split)
+            if translated is None:
+                raise
+            raise translated from err
     return raw
+
+
+def _file_error(err: Exception, files: list[str], split: str) -> DataValidationError | None:
+    """A `DataValidationError` for the file errors `datasets` reports in its own terms, or None for the others."""
+    named = ", ".join(f"'{f}'" for f in files)
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, UnicodeDecodeError):
+        byte = cause.object[cause.start : cause.start + 1]
+        return DataValidationError(
+            f"{named} is not UTF-8 text: read as {cause.encoding}, byte {byte!r} at position {cause.start} is not "
+            "valid. Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv` for Latin-1)."
+        )
+    if isinstance(err, ValueError) and "corresponds to no data" in str(err):
+        return DataValidationError(
+            f"{named} ({split} split) holds no examples, only a header or nothing. Add rows, one example each."
+        )
+    return None
 
 
 def _split_files_in_directory(directory: Path) -> dict[str, list[str]]:
@@ -404,11 +440,30 @@ def _resolve_column(
         if len(present) > 1:
             raise DataValidationError(
                 f"{where} has no '{default}' column and several candidates {present}. "
-                f"Pass {keyword}=<name of the column> to choose one. Available columns: {columns}."
+                f"Available columns: {columns}. Pass {keyword}=<name of the column> to choose one."
             )
     raise DataValidationError(
         f"{where} has no column '{requested}'. Available columns: {columns}. Pass {keyword}=<name of the column>."
     )
+
+
+def _with_column_guess(err: DataValidationError, split: Dataset) -> DataValidationError:
+    """`err` with the columns that most likely hold the text (the string column with the longest values) and the label
+    (the column with the fewest distinct values among the others), when the split has two such columns."""
+    sample = split.select(range(min(len(split), 200))).to_pandas()
+    if len(sample.columns) < 2 or sample.empty:
+        return err
+    lengths = {
+        c: sample[c].astype(str).str.len().mean()
+        for c in sample.columns
+        if not pd.api.types.is_numeric_dtype(sample[c])
+    }
+    if not lengths:
+        return err
+    text = max(lengths, key=lengths.get)
+    label = min((c for c in sample.columns if c != text), key=lambda c: sample[c].nunique())
+    problem = re.sub(r" Pass \w+=<name of the column>.*$", "", err.problem)
+    return DataValidationError(problem, settings={"text_column": text, "label_column": label})
 
 
 def _canonical_split_names(raw: DatasetDict) -> dict[str, Dataset]:
@@ -437,12 +492,15 @@ def _normalize_splits(raw: DatasetDict, text_column: str, label_column: str) -> 
     for name, split in splits.items():
         where = f"split '{name}'"
         columns = split.column_names
-        text = _resolve_column(columns, text_column, "text", TEXT_ALIASES, "text_column", where)
+        try:
+            text = _resolve_column(columns, text_column, "text", TEXT_ALIASES, "text_column", where)
+        except DataValidationError as err:
+            raise _with_column_guess(err, split) from None
         try:
             label = _resolve_column(columns, label_column, "label", LABEL_ALIASES, "label_column", where)
-        except DataValidationError:
+        except DataValidationError as err:
             if name == primary:
-                raise
+                raise _with_column_guess(err, split) from None
             logger.warning(f"Dropping {where}: it has no label column (columns: {columns}), so it cannot evaluate.")
             continue
         if text == label:

@@ -60,11 +60,12 @@ from transformers import (
 from transformers.utils import logging
 
 from .assets import PACKAGED_SOURCES, PackagedAssetError, packaged_source
-from .augmentation import TextGenerationAugmenter, merge_with_original, read_stats
+from .augmentation import AugmentationError, TextGenerationAugmenter, merge_with_original, prompt_names, read_stats
 from .benchmark import ClassifierRunner, accuracy, serving_latency
 from .cards import DISTILLATION_SETTINGS, write_model_card
 from .data import (
     OFFLINE_DATASET_NAME,
+    DatasetUnavailableError,
     DataValidationError,
     id2label_label2id,
     label_names,
@@ -133,6 +134,7 @@ class Pipeline:
         self.stage_status: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # stage -> key of its settings and of the stages it reads
         self._precisions: dict[str, dict[str, Any]] | None = None
+        self._data: DatasetDict | None = None
         # The student shape the student stages train: the only one, or the one the selection stage ships.
         self.shape: str = self.args.student[0]
         self.budget = Budget(self.args.max_accuracy_drop, self.args.max_latency_ms)
@@ -151,57 +153,99 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ orchestration
     def check(self) -> None:
-        """Everything that can be checked before long work starts."""
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise PipelineError(f"Cannot create the output directory {self.out}: {err}. Set run.output_dir.") from err
-        probe = self.out / f".write_test_{os.getpid()}"  # one per process: under torchrun all of them check
-        try:
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as err:
-            raise PipelineError(
-                f"Cannot write to {self.out}: {err}. Set run.output_dir to a writable folder."
-            ) from err
-        try:
-            teacher_config = AutoConfig.from_pretrained(self._resolve_teacher_source())
-        except (OSError, ValueError) as err:
-            raise PipelineError(
-                f"run.teacher {self.args.teacher!r} cannot be loaded ({err}). Give a packaged name "
-                f"({', '.join(PACKAGED_SOURCES)}), a local model folder or a Hub id."
-            ) from err
+        """Everything that can be checked before long work starts, without writing anything: a failed check leaves
+        the output folder as it was (or absent). The data is loaded and checked here, once, for the data stage."""
+        self._check_output_dir()
+        self._check_data(self._load_data())
+        teacher_config = self._model_config(self.args.teacher, "run.teacher", self._resolve_teacher_source)
         for shape in self.args.student:  # presets are known; the other names must resolve now, not after the teacher
             depth = teacher_layers(shape)
             if depth and depth >= teacher_config.num_hidden_layers:
                 raise PipelineError(
                     f"run.student {shape!r}: the teacher has {teacher_config.num_hidden_layers} layers, so "
-                    f"teacher-layers-K needs K below that."
+                    f"teacher-layers-K needs K below that. Set --run.student teacher-layers-{teacher_config.num_hidden_layers // 2}."
                 )
             if not depth and shape not in STUDENT_PRESETS:
-                try:
-                    AutoConfig.from_pretrained(shape)
-                except (OSError, ValueError) as err:
-                    raise PipelineError(
-                        f"run.student {shape!r} is neither a preset ({', '.join(STUDENT_PRESETS)}), teacher-layers-K, "
-                        f"nor a model folder or Hub id that loads ({err})."
-                    ) from err
+                self._model_config(shape, "run.student", lambda name=shape: name)
         if self.args.student_init_from is not None:
-            try:
-                AutoConfig.from_pretrained(self._packaged_source(self.args.student_init_from))
-            except OSError as err:
-                raise PipelineError(
-                    f"run.student_init_from {self.args.student_init_from!r} cannot be loaded ({err}). Give a packaged "
-                    f"name ({', '.join(PACKAGED_SOURCES)}), a local model folder or a Hub id, or null for the teacher."
-                ) from err
+            name = self.args.student_init_from
+            self._model_config(name, "run.student_init_from", lambda: self._packaged_source(name))
         if self.args.augment:
-            self._resolve_generator_source()
             aug = self.recipe.augmentation
+            self._model_config(
+                aug.generator_name_or_path, "augmentation.generator_name_or_path", self._resolve_generator_source
+            )
+            names = label_names(self._load_data()["train"])
+            try:
+                prompt_names(aug.prompt_label_names, names)
+            except AugmentationError as err:
+                raise PipelineError(
+                    f"augmentation.{err} Set --augmentation.prompt_label_names {','.join(names)}."
+                ) from err
             if aug.unlabeled_texts:  # read once now: a missing, empty or non-text source fails before any training
                 try:
                     load_unlabeled_texts(aug.unlabeled_texts, aug.unlabeled_text_column)
                 except (DataValidationError, OSError, ValueError) as err:
                     raise PipelineError(f"augmentation.unlabeled_texts: {err}") from err
+
+    def _check_output_dir(self) -> None:
+        """`run.output_dir` is, or can be created as, a writable folder (checked on its nearest existing parent)."""
+        existing = self.out.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise PipelineError(
+                f"Cannot create the output directory {self.out}: {existing} is a file. Set --run.output_dir to a folder."
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PipelineError(
+                f"Cannot write to {existing}, so not to {self.out} either. Set --run.output_dir to a writable folder."
+            )
+
+    def _model_config(self, name: str, key: str, resolve: Callable[[], str]) -> Any:
+        """The config of the model `name` (a packaged name, a local folder or a Hub id) that the recipe's `key` names,
+        or a `PipelineError` that says why it does not load and which flag to change."""
+        fix = (
+            f"Set --{key} to a packaged name ({', '.join(PACKAGED_SOURCES)}), a local model folder, or a Hub id "
+            "(downloaded once while online)."
+        )
+        source = resolve()  # a packaged name that is not installed fails here, with its own fix
+        path = Path(source).expanduser()
+        if path.is_file() and name in PACKAGED_SOURCES:
+            return None  # a packaged single-file model (the GGUF generator), checked by packaged_source
+        if path.is_dir() and not (path / "config.json").exists():
+            raise PipelineError(f"{key} {name!r} is a folder without config.json, not a saved model. {fix}")
+        if not path.exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+            raise PipelineError(f"{key} {name!r} does not exist: there is no such folder. {fix}")
+        try:
+            return AutoConfig.from_pretrained(source)
+        except (OSError, ValueError) as err:
+            offline = "HF_HUB_OFFLINE=1 and it is not in the local cache" if os.environ.get("HF_HUB_OFFLINE") else ""
+            reason = offline or " ".join(str(err).split())
+            raise PipelineError(
+                f"{key} {name!r} is not a model folder, and as a Hub id it does not load: {reason}. {fix}"
+            ) from err
+
+    def _check_data(self, data: DatasetDict) -> None:
+        """What the stages need of the data and the loader does not check: two classes to learn, and no label to
+        evaluate that training never saw."""
+        names = label_names(data["train"])
+        seen = set(data["train"]["label"])
+        if len(seen) < 2:
+            (only,) = [names[i] for i in seen]
+            raise PipelineError(
+                f"The training split of {self.args.dataset!r} has one class only ({only!r}, {len(data['train']):,} rows) "
+                f"of the labels {names} found: a classifier needs at least two. Check the data, or "
+                f"--run.label_column (now {self.args.label_column!r})."
+            )
+        for split in (self.args.eval_split, self.args.test_split):
+            unseen = sorted(set(data[split]["label"]) - seen)
+            if unseen:
+                raise PipelineError(
+                    f"The {split} split of {self.args.dataset!r} has labels the training split never has: "
+                    f"{[names[i] for i in unseen]} (training has {[names[i] for i in sorted(seen)]}). Add training "
+                    "examples of them, or drop those rows."
+                )
 
     def run(self) -> dict[str, Any]:
         self.check()
@@ -299,22 +343,38 @@ class Pipeline:
         return {k: getattr(self.args, k) for k in keys} | {"seed": self.args.seed}
 
     def _load_data(self) -> DatasetDict:
+        """The splits as the run uses them, loaded once (by `check`); loader errors name the flags that fix them."""
+        if self._data is not None:
+            return self._data
         a = self.args
-        data = load_text_classification_dataset(
-            a.dataset,
-            config_name=a.dataset_config,
-            text_column=a.text_column,
-            label_column=a.label_column,
-            seed=a.seed,
-            max_train_samples=a.max_train_samples,
+        fix = (
+            f"Set --run.dataset to '{OFFLINE_DATASET_NAME}', a local .csv/.tsv/.json/.jsonl/.parquet file, a folder "
+            "of train/validation/test files, or a Hub id (downloaded once while online)."
         )
+        try:
+            data = load_text_classification_dataset(
+                a.dataset,
+                config_name=a.dataset_config,
+                text_column=a.text_column,
+                label_column=a.label_column,
+                seed=a.seed,
+                max_train_samples=a.max_train_samples,
+            )
+        except DataValidationError as err:
+            flags = " ".join(f"--run.{name} {value}" for name, value in err.settings.items())
+            raise PipelineError(
+                f"run.dataset {a.dataset!r}: {err.problem}" + (f" Set {flags}." if flags else "")
+            ) from err
+        except (OSError, ValueError, DatasetUnavailableError) as err:
+            raise PipelineError(f"run.dataset {a.dataset!r}: {' '.join(str(err).split())} {fix}") from err
         for split in (a.eval_split, a.test_split):
             if split not in data:
                 raise PipelineError(
-                    f"The data has no {split!r} split (it has {list(data)}); set run.eval_split/test_split."
+                    f"The data has no {split!r} split (it has {list(data)}); set --run.eval_split/--run.test_split."
                 )
             if a.max_eval_samples and len(data[split]) > a.max_eval_samples:
                 data[split] = data[split].shuffle(seed=a.seed).select(range(a.max_eval_samples))
+        self._data = data
         return data
 
     def stage_data(self) -> DatasetDict:

@@ -272,7 +272,13 @@ class _SectionParser(HfArgumentParser):
 
     def error(self, message: str) -> typing.NoReturn:
         # argparse says "argument --key/--key-alias: ..."; name the recipe key instead.
+        key = re.match(r"argument --(\w+)", message)
         message = re.sub(r"argument --(\w+)(/--[\w-]+)?", rf"{self.section}.\1", message).rstrip(".")
+        invalid = re.search(r"invalid (\w+) value", message)
+        if key and invalid:  # argparse names the type; say what to give instead
+            example = {"float": "a number such as 3 or 1e-4", "int": "a whole number", "choice": "one of the choices"}
+            kind = example.get(invalid.group(1), f"a {invalid.group(1)}")
+            message += f". Give {kind}: --{self.section}.{key.group(1)} VALUE"
         raise RecipeError(f"Recipe section {self.section!r}: {message}.")
 
     def build(self, values: dict[str, Any], overrides: dict[str, str]) -> Any:
