@@ -146,7 +146,9 @@ def test_a_user_error_from_the_installed_command_is_one_line_within_seconds(tmp_
     seconds = time.perf_counter() - start
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "--run.dataset" in done.stderr
-    assert seconds < 20, seconds  # about 7 s unshared on the 2-vCPU machine; most of it is importing torch
+    # About 7 s unshared on the 2-vCPU machine, most of it importing torch; the bound allows a shared CPU and still
+    # fails an error that comes after any training.
+    assert seconds < 60, seconds
     assert not (tmp_path / "o").exists()
 
 
