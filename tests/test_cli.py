@@ -1,6 +1,7 @@
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -140,7 +141,9 @@ def test_debug_shows_the_traceback_of_a_user_error_and_a_bug_always_has_one(tmp_
 def test_a_user_error_from_the_installed_command_is_one_line_within_seconds(tmp_path):
     """The real entry point, imports included, as a user runs it."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    command = ["trainer-ext", "run", QUICK, "--profile", "quick", "--run.output_dir", str(tmp_path / "o")]
+    # The console script pip installed beside this Python (CI calls .venv/bin/python, whose bin/ is not on PATH).
+    script = Path(sys.executable).with_name("trainer-ext")
+    command = [str(script), "run", QUICK, "--profile", "quick", "--run.output_dir", str(tmp_path / "o")]
     start = time.perf_counter()
     done = subprocess.run([*command, "--run.dataset", "nonexist.csv"], capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
