@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import args_for, make_bert, make_dataset, make_sentences, train_wordpiece_tokenizer
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from datasets import Dataset
+from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 from trainer_ext.trainer import PROJECTION_FILE, DistillationError, DistillationTrainer
 
@@ -277,6 +279,109 @@ def test_gradient_accumulation_matches_a_larger_batch(tmp_path, tokenizer, data,
     assert moved > 1e-2
     # Padding to different batch lengths alone gives ~5e-5 here (plain Trainer too); a mis-scaled term gives >1e-2.
     assert torch.allclose(finals[0], finals[1], atol=2e-4)
+
+
+class KwargsBert(BertForSequenceClassification):
+    """A classifier whose `forward` takes `**kwargs`, as Llama's and ModernBERT's do: Trainer then passes it
+    `num_items_in_batch` and no longer divides the loss by the accumulation steps. Its own loss is Llama-style: the
+    labelled items' summed cross-entropy over the accumulation window's item count when given one."""
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        output_hidden_states=None,
+        num_items_in_batch=None,
+        **kwargs,
+    ):
+        outputs = super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        loss = None
+        if labels is not None:
+            reduction = "mean" if num_items_in_batch is None else "sum"
+            loss = torch.nn.functional.cross_entropy(outputs.logits, labels, ignore_index=-100, reduction=reduction)
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+        return SequenceClassifierOutput(loss=loss, logits=outputs.logits, hidden_states=outputs.hidden_states)
+
+
+def _fixed_length_data(tokenizer, n: int, labels: str) -> Dataset:
+    """`n` rows padded to one length (so batching never changes the padding), with a `teacher_logits` column and
+    all, some (-100 = deliberately unlabelled) or no labels."""
+    texts, label_ids = make_sentences(n, seed=11)
+    columns = dict(tokenizer(texts, padding="max_length", max_length=24, truncation=True))
+    if labels == "all":
+        columns["label"] = label_ids
+    elif labels == "some":
+        columns["label"] = [-100 if i % 3 == 0 else y for i, y in enumerate(label_ids)]
+    columns["teacher_logits"] = (3.0 * torch.randn(n, 2, generator=torch.Generator().manual_seed(7))).tolist()
+    return Dataset.from_dict(columns)
+
+
+def _one_sgd_step(tmp_path, tokenizer, model_cls, dataset, teacher, batch, accumulation, **distillation):
+    base = make_bert(tokenizer, seed=5)
+    config = base.config
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0  # sdpa reads the rate, not the module
+    student = model_cls(config)
+    student.load_state_dict(base.state_dict())
+    trainer = DistillationTrainer(
+        model=student,
+        args=args_for(
+            tmp_path / f"{model_cls.__name__}-{batch}x{accumulation}",
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.5,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,  # clipping would hide a loss scaled by a constant factor
+            **distillation,
+        ),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        teacher_model=teacher if distillation.get("hidden_distillation_weight") else None,
+    )
+    assert trainer.model_accepts_loss_kwargs == (model_cls is KwargsBert)  # Trainer reads `forward`'s signature
+    trainer.train()
+    assert trainer.state.global_step == 1
+    weights = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    if trainer.hidden_projection is not None:
+        weights["projection"] = trainer.accelerator.unwrap_model(trainer.hidden_projection).weight.detach().clone()
+    return weights, base.classifier.weight.detach()
+
+
+@pytest.mark.parametrize(
+    "rows,labels,distillation_weight,hidden_distillation_weight",
+    [
+        (8, "all", 1.0, 0.0),  # the issue's case: the distillation term alone
+        (7, "some", 1.0, 0.0),  # unequal batches (4 + 3) and rows without a label
+        (7, "some", 0.5, 0.0),  # the hard-label term is normalised by the window's labelled items
+        (8, "all", 0.5, 1.0),  # the hidden-state term too
+        (8, "none", 1.0, 1.0),  # no labels: no num_items_in_batch, and Trainer divides by the accumulation steps
+    ],
+)
+def test_gradient_accumulation_follows_trainer_contract_for_a_kwargs_forward(
+    tmp_path, tokenizer, teacher, rows, labels, distillation_weight, hidden_distillation_weight
+):
+    """Accumulating 2 batches of a `**kwargs` student gives the update of one batch of all the rows, and that is the
+    update a plain BERT student gets: the loss does not depend on how `forward` is declared."""
+    dataset = _fixed_length_data(tokenizer, rows, labels)
+    weights = dict(distillation_weight=distillation_weight, hidden_distillation_weight=hidden_distillation_weight)
+    reference, initial = _one_sgd_step(
+        tmp_path, tokenizer, BertForSequenceClassification, dataset, teacher, rows, 1, **weights
+    )
+    assert (reference["classifier.weight"] - initial).abs().max() > 5e-3  # a real step, so a scale error shows
+    for batch, accumulation in ((rows, 1), (4, 2)):
+        result, _ = _one_sgd_step(tmp_path, tokenizer, KwargsBert, dataset, teacher, batch, accumulation, **weights)
+        worst = max((result[k] - reference[k]).abs().max().item() for k in reference)
+        assert worst < 1e-5, f"batch {batch} x accumulation {accumulation}: weights differ by up to {worst:.3g}"
 
 
 def test_hidden_distillation_of_a_built_student_follows_its_teacher_layers_and_embedding_map(

@@ -61,6 +61,15 @@ def _same_vocabulary(a: PreTrainedTokenizerBase | None, b: PreTrainedTokenizerBa
     return a is not None and b is not None and a.get_vocab() == b.get_vocab()
 
 
+def _batch_size(batch: Any) -> int:
+    """Examples in a collated batch: the first dimension of its first tensor."""
+    values = batch.values() if hasattr(batch, "values") else batch
+    for value in values:
+        if torch.is_tensor(value) and value.dim() > 0:
+            return value.shape[0]
+    return 0
+
+
 def _label_column(dataset: Any) -> str | None:
     columns = getattr(dataset, "column_names", None) or []
     for name in ("labels", "label", "label_ids"):
@@ -208,6 +217,8 @@ class DistillationTrainer(Trainer):
         self.augmentation_args = augmentation_args
         self.augmentation_exclude_texts = list(augmentation_exclude_texts or [])
         self.augmentation_stats: dict[str, Any] | None = None
+        # Examples in the current gradient-accumulation window, counted when the loss must be normalised over it.
+        self._window_examples: torch.Tensor | int | None = None
         if augmentation_args is not None:
             self._check_augmentation()
         if not self.distilling:
@@ -341,7 +352,11 @@ class DistillationTrainer(Trainer):
         # in __init__, so building a trainer stays cheap, and not in a dataloader getter).
         if self.augmentation_args is not None and self.augmentation_stats is None:
             self._augment_training_data()
-        return super().train(*args, **kwargs)
+        self._window_examples = None
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            self._window_examples = None
 
     def _augment_training_data(self) -> None:
         """Append generated, teacher-relabelled examples (their teacher logits included) to the training data."""
@@ -421,6 +436,27 @@ class DistillationTrainer(Trainer):
             self._signature_columns.append(self.logits_column)
 
     # ------------------------------------------------------------------------------------------------------ loss
+    def _loss_normalised_over_window(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
+        """Trainer's contract (`training_step`): it divides the loss by the accumulation steps unless the model takes
+        loss kwargs and is given `num_items_in_batch`, or a `compute_loss_func` is set; then the loss must already be
+        normalised over the whole accumulation window."""
+        return self.compute_loss_func is not None or (
+            bool(self.model_accepts_loss_kwargs) and num_items_in_batch is not None
+        )
+
+    def get_batch_samples(self, *args: Any, **kwargs: Any):
+        # Trainer counts a window's labelled items; the distillation terms count every example (a row labelled -100
+        # is still distilled), so when the loss is normalised over the window, count its examples too.
+        batch_samples, num_items_in_batch = super().get_batch_samples(*args, **kwargs)
+        self._window_examples = None
+        if self.distilling and self._loss_normalised_over_window(num_items_in_batch):
+            examples = sum(_batch_size(batch) for batch in batch_samples)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+                # Like Trainer's item count: summed over processes (the loss is then scaled by the process count).
+                examples = self.accelerator.gather(torch.tensor(examples, device=self.args.device)).sum()
+            self._window_examples = examples
+        return batch_samples, num_items_in_batch
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -456,32 +492,45 @@ class DistillationTrainer(Trainer):
         outputs = model(**forward_inputs, output_hidden_states=use_hidden)
         student_logits = outputs["logits"]
 
-        per_example = distillation_loss(
+        kd_loss = distillation_loss(
             student_logits,
             teacher_logits.to(student_logits.device),
             dargs.distillation_loss,
             dargs.temperature,
-            "none",
+            "mean",
         )
-        # Match Trainer's accumulation semantics: when the model normalises its own loss by the items in the whole
-        # accumulation window, so does the distillation term; otherwise a per-batch mean that Trainer divides later.
-        normalise_by_items = self.model_accepts_loss_kwargs and num_items_in_batch is not None and has_labels
-        if normalise_by_items:
-            kd_loss = per_example.sum() / num_items_in_batch
-        else:
-            kd_loss = per_example.mean()
-        loss = dargs.distillation_weight * kd_loss
+        # Gradient accumulation (Trainer's contract, whatever the student's `forward`): when Trainer divides the loss
+        # by the accumulation steps, each term is this batch's mean. Otherwise each per-example mean is weighted by
+        # this batch's share of the window's examples, so the window sums to its mean (exact for unequal batches).
+        window_normalised = self._loss_normalised_over_window(num_items_in_batch)
+        if not window_normalised:
+            example_share = 1.0
+        elif self._window_examples:
+            example_share = student_logits.shape[0] / self._window_examples
+        else:  # no window count (training_step called outside Trainer's loop): equal batches
+            example_share = 1.0 / getattr(
+                self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps
+            )
+        loss = dargs.distillation_weight * kd_loss * example_share
         self._metrics["distill_loss"].append(kd_loss.detach().item())
         if has_labels:
             hard_loss = outputs["loss"]
-            loss = loss + (1.0 - dargs.distillation_weight) * hard_loss
-            self._metrics["hard_loss"].append(hard_loss.detach().item())
+            if "num_items_in_batch" in forward_inputs:
+                # The model divided its summed loss by the window's labelled items, as Trainer expects of it.
+                loss = loss + (1.0 - dargs.distillation_weight) * hard_loss
+                labelled = int(inputs["labels"].ne(-100).sum())
+                if labelled:  # logged as this batch's mean, like the other terms
+                    self._metrics["hard_loss"].append(float(hard_loss.detach() * num_items_in_batch / labelled))
+            else:
+                loss = loss + (1.0 - dargs.distillation_weight) * hard_loss * example_share
+                self._metrics["hard_loss"].append(hard_loss.detach().item())
         if use_hidden:
             hidden_loss = self._hidden_loss(outputs.hidden_states, teacher_outputs.hidden_states, inputs)
-            loss = loss + dargs.hidden_distillation_weight * hidden_loss
+            loss = loss + dargs.hidden_distillation_weight * hidden_loss * example_share
             self._metrics["hidden_loss"].append(hidden_loss.detach().item())
-        if normalise_by_items and self.args.average_tokens_across_devices:
-            loss = loss * self.accelerator.num_processes
+        if window_normalised and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # Trainer's item count is summed over processes and DDP averages gradients: undo the average.
+            loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
         if return_outputs:
             return loss, outputs
         return loss
