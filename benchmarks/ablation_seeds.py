@@ -44,7 +44,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer_ext.benchmark import ClassifierRunner, accuracy, cpu_name  # noqa: E402
+from trainer_ext.benchmark import ClassifierRunner, accuracy, cpu_description  # noqa: E402
 from trainer_ext.recipe import load_recipe  # noqa: E402
 from trainer_ext.trainer import DistillationTrainer  # noqa: E402
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 + f" ({result['train_rows']} rows, {result['seconds']:.0f} s)",
                 flush=True,
             )
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu_name()}"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu_description()}"
     report(results, rows, eval_splits, args.seeds, device, args.json)
     return 0
 

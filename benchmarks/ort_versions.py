@@ -69,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     targets = {v: install(v, args.cache) for v in args.versions}
-    from trainer_ext.benchmark import cpu_name
+    from trainer_ext.benchmark import cpu_description
 
-    print(f"CPU: {cpu_name()}; graphs in {args.onnx_folder}; {args.rounds} rounds", flush=True)
+    print(f"CPU: {cpu_description()}; graphs in {args.onnx_folder}; {args.rounds} rounds", flush=True)
     measured: dict[str, list[dict]] = {v: [] for v in args.versions}
     for r in range(args.rounds):
         for version, target in targets.items():
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 + " |"
             )
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_name(), "versions": args.versions, "table": table}, indent=1))
+        args.json.write_text(json.dumps({"cpu": cpu_description(), "versions": args.versions, "table": table}, indent=1))
     return 0
 
 

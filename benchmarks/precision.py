@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from trainer_ext.assets import packaged_source  # noqa: E402
 from trainer_ext.augmentation import load_generator  # noqa: E402
-from trainer_ext.benchmark import cpu_name  # noqa: E402
+from trainer_ext.benchmark import cpu_description  # noqa: E402
 from trainer_ext.data import load_text_classification_dataset  # noqa: E402
 from trainer_ext.precision import bf16_support, choose_precision  # noqa: E402
 from trainer_ext.students import build_student  # noqa: E402
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     supported, why = bf16_support("cpu")
     print(
-        f"CPU: {cpu_name()} ({platform.machine()}); {why}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"CPU: {cpu_description()} ({platform.machine()}); {why}; torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     print(f"batch {args.batch_size}, up to {args.max_length} tokens, median of {args.steps} steps each, alternated\n")
     print(f"{'stage model':<38} {'FP32 s/step':>11} {'bf16 s/step':>11} {'bf16 speed':>10}  auto here")

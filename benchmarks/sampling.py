@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer_ext.augmentation import AugmentationArguments, TextGenerationAugmenter, load_generator  # noqa: E402
-from trainer_ext.benchmark import cpu_name  # noqa: E402
+from trainer_ext.benchmark import cpu_description  # noqa: E402
 
 SETTINGS = ("batch96", "batch48", "batch32", "batch16", "fixed64", "stop_newline", "int8_dynamic")
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     label_names = list(train.features["label"].names)
     train_texts = [str(t) for t in train["text"]]
     print(
-        f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, {platform.machine()}; torch {torch.__version__}, "
+        f"CPU: {cpu_description()}, {torch.get_num_threads()} threads, {platform.machine()}; torch {torch.__version__}, "
         f"transformers {transformers.__version__}; generator {generator_dir}"
     )
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['generated']} | {r['seconds']} | {r['mean_words']} |"
         )
     if parsed.json:
-        parsed.json.write_text(json.dumps({"cpu": cpu_name(), "results": results}, indent=1))
+        parsed.json.write_text(json.dumps({"cpu": cpu_description(), "results": results}, indent=1))
     return 0
 
 

@@ -19,8 +19,9 @@ from trainer_ext import (
     measure_classifier,
     write_model_card,
 )
-from trainer_ext.cards import NOT_MEASURED, PLOT_FILE
-from trainer_ext.results import RESULTS_FILE
+from trainer_ext.benchmark import ClassifierRunner
+from trainer_ext.cards import NOT_MEASURED, PLOT_FILE, md
+from trainer_ext.results import RESULTS_FILE, Results
 
 
 def _results(tokenizer, data, int8: bool = True) -> dict:
@@ -234,3 +235,65 @@ def test_card_command_on_a_quantized_folder(tmp_path, tokenizer, capsys):
     # The report quantize_model returns is accepted as it is, and states the same measurements.
     again = write_model_card(tmp_path / "onnx", report=returned)
     assert [r.metric_value for r in again.data.eval_results] == [r.metric_value for r in card.data.eval_results]
+
+
+def _inconsistent_results() -> dict:
+    """Results as an older run wrote them (no `warnings`, no `cpu_features`), with the figures once published
+    silently: the OpenVINO student at 4.70 ms real length (p90 10.1) but 1.61 ms with the tokenizer."""
+    shapes = {
+        "real_length": {"median_ms": 4.70, "p90_ms": 10.1},
+        "real_length_tokenized": {"median_ms": 1.61, "p90_ms": 1.9},
+        "fixed_length": {"median_ms": 5.0, "p90_ms": 6.0},
+    }
+    consistent = {**shapes, "real_length_tokenized": {"median_ms": 4.9, "p90_ms": 10.3}}
+    row = {"runtime": "PyTorch FP32", "accuracy": 0.8, "latency_ms": 5.0, "latency_p90_ms": 6.0, "size_mb": 1.0}
+    return {
+        "variants": {
+            "student_distilled": {**row, "shapes": consistent},
+            "student_openvino": {**row, "runtime": "OpenVINO INT8", "shapes": shapes},
+        },
+        "latency": {"sequence_length": 64, "runs": 100, "threads": 2, "cpu": "AMD EPYC 7763 64-Core Processor"},
+    }
+
+
+def test_inconsistent_latency_figures_are_flagged_in_the_results_summary_and_card(tmp_path):
+    from trainer_ext.results import Results, latency_warnings
+
+    values = _inconsistent_results()
+    results = Results.from_dict(values)  # an older results.json, without the `warnings` field, still loads
+    assert results.variants["student_distilled"].warnings == []
+    (flag,) = results.variants["student_openvino"].warnings
+    assert "1.61 ms" in flag and "4.70 ms (p90 10.10)" in flag
+    # Saved and loaded again, the flag is stated once.
+    assert Results.from_dict(results.to_dict()).variants["student_openvino"].warnings == [flag]
+    # The run's summary gets one line per flag, naming the variant, from results.json's dicts as they are.
+    assert latency_warnings(values["variants"]) == latency_warnings(results.variants) == [f"student_openvino: {flag}"]
+
+    write_model_card(tmp_path, results, plot=False)
+    text = (tmp_path / "README.md").read_text()
+    table_end = text.index("\n\n", text.index("| variant |"))
+    note = text[table_end : text.index("## How this model was made")]
+    assert "Inconsistent latency figures" in note
+    (line,) = [x for x in note.splitlines() if x.startswith("- ")]
+    assert "student, OpenVINO" in line and "1.61 ms" in line and "4.70 ms" in line
+    assert "student \\(distilled\\)" not in note  # only the flagged variant
+
+
+def test_the_card_names_the_cpu_instruction_sets(tmp_path, tokenizer):
+    from trainer_ext.benchmark import cpu_description
+    from trainer_ext.results import measure
+
+    variants, latency = measure({"student": ClassifierRunner(make_bert(tokenizer, seed=2), tokenizer)}, runs=2)
+    assert latency["cpu"] == cpu_description() and isinstance(latency["cpu_features"], list)
+    features = ", ".join(latency["cpu_features"]) or "no AVX2"
+    assert latency["cpu"].endswith(f" ({features})")
+    write_model_card(tmp_path, Results(variants=variants, model_variant="student", latency=latency), plot=False)
+    text = ModelCard.load(tmp_path / "README.md").text
+    described = md(latency["cpu"])
+    assert f"threads on {described}" in text  # the latency description
+    assert f"these figures come from {described} with" in text  # the limitations
+    # An older record, the model name alone, says the instruction sets are missing rather than implying none.
+    write_model_card(tmp_path, _inconsistent_results(), plot=False)
+    assert (
+        "AMD EPYC 7763 64-Core Processor \\(instruction sets not recorded\\)" in (tmp_path / "README.md").read_text()
+    )

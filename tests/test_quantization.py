@@ -476,3 +476,44 @@ def test_a_shape_gets_another_file_only_when_it_is_clearly_faster():
     assert picks["real_length"]["name"] == "a" and picks["real_length"]["fastest_other"]["name"] == "b"
     # 25% faster in batches: its own file.
     assert picks["batch_32"]["name"] == "b" and "fastest_other" not in picks["batch_32"]
+
+
+def test_the_report_records_the_cpu_instruction_sets_and_flags_inconsistent_candidates(
+    tmp_path, tokenizer, monkeypatch
+):
+    """Each candidate's figures are checked like the card's variants (a tokenized median below the untokenized one
+    beyond noise is flagged, in the report and in the card's trial table), and the CPU is named with its ISA."""
+    import trainer_ext.quantization as q
+    from trainer_ext import write_model_card
+    from trainer_ext.benchmark import cpu_description, cpu_features
+    from trainer_ext.cards import md
+
+    real_latencies = q._CandidateBuilder.latencies
+
+    def broken_for_int8(builder, graphs):
+        shaped = real_latencies(builder, graphs)
+        for name, shapes in shaped.items():
+            if not name.startswith("fp32"):  # as if every INT8 candidate's tokenized calls had skipped the model
+                shapes["real_length_tokenized"] = {"median_ms": shapes["real_length"]["median_ms"] / 3, "p90_ms": 0.1}
+        return shaped
+
+    monkeypatch.setattr(q._CandidateBuilder, "latencies", broken_for_int8)
+    args = QuantizationArguments(
+        approach="dynamic", latency_runs=2, require_speedup=False, max_absolute_drop=1.0, backends=["onnxruntime"]
+    )
+    report = quantize_model(
+        make_bert(tokenizer, hidden_size=32, seed=2), tokenizer, make_dataset(tokenizer, n=16), tmp_path, args
+    )
+    assert report["cpu"] == cpu_description() and report["cpu_features"] == cpu_features()
+    assert "warnings" not in report["fp32"]
+    timed = [t for t in report["trials"] if "shapes" in t]
+    assert timed and all(len(t["warnings"]) == 1 and "real_length_tokenized" in t["warnings"][0] for t in timed)
+    chosen = next(t for t in timed if t["name"] == report["chosen"]["name"])
+    assert report["chosen"]["warnings"] == chosen["warnings"]
+
+    card = write_model_card(tmp_path, plot=False).text  # from compression_report.json alone
+    assert f"threads on {md(cpu_description())}" in card
+    trial_rows = [r for r in card.splitlines() if r.startswith(f"| {md(chosen['name'])} |")]
+    assert trial_rows and "inconsistent timing: real\\_length\\_tokenized" in trial_rows[0]
+    note = card[card.index("Inconsistent latency figures") : card.index("## How this model was made")]
+    assert "- student INT8: real\\_length\\_tokenized" in note

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import itertools
 import os
 import platform
 import statistics
@@ -16,8 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import logging
 
 from .students import count_parameters
+
+logger = logging.get_logger(__name__)
 
 
 def onnx_session_settings(num_threads: int | None = None) -> dict[str, Any]:
@@ -51,6 +53,26 @@ def onnx_session(path: str | os.PathLike, num_threads: int | None = None) -> Any
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class SentenceCalls:
+    """Timed calls over a fixed list of sentences, addressed by position: `calls(i)` runs sentence `i % len(calls)`.
+
+    An iterator advanced by every call would shift each variant's timed sentences by the number of warm-up calls it
+    happened to make (a time-based warm-up runs a fast model more often than a slow one), so variants of one group
+    were timed on different sentences. `interleaved_latency` instead passes every call of a group the same positions.
+    """
+
+    def __init__(self, calls: Sequence[Callable[[], Any]]) -> None:
+        if not calls:
+            raise ValueError("SentenceCalls needs at least one sentence's call.")
+        self.calls = list(calls)
+
+    def __len__(self) -> int:
+        return len(self.calls)
+
+    def __call__(self, index: int) -> Any:
+        return self.calls[index % len(self.calls)]()
 
 
 class ClassifierRunner:
@@ -142,17 +164,20 @@ class ClassifierRunner:
             return lambda: static.run(["logits"], feed)[0]
         return lambda: self._forward(feed)
 
-    def shape_call(self, shape: str, texts: list[str], *, max_length: int = 128, batch_size: int = 32) -> Callable:
-        """A no-argument callable for one timed call of a serving shape (`SERVING_SHAPES`); the batch-1 shapes take
-        the next of `texts` on each call, so the median covers the sentences' real lengths."""
+    def shape_call(
+        self, shape: str, texts: list[str], *, max_length: int = 128, batch_size: int = 32
+    ) -> SentenceCalls | Callable[[], np.ndarray]:
+        """The timed call of a serving shape (`SERVING_SHAPES`). The batch-1 shapes are `SentenceCalls` over `texts`
+        (call `i` runs sentence `i % len(texts)`), so the median covers the sentences' real lengths and every variant
+        and shape of a group times the same sentences in the same order; `batch_32` is a no-argument call."""
         if shape == "batch_32":
             feed = self.encode(texts[:batch_size], max_length=max_length)
             return lambda: self._forward(feed)
         if shape == "real_length":
             feeds = [self.encode([t], max_length=max_length, padding=False) for t in texts]
-            return _cycling([partial(self._forward, feed) for feed in feeds])
+            return SentenceCalls([partial(self._forward, feed) for feed in feeds])
         if shape == "real_length_tokenized":
-            return _cycling([partial(self._encode_and_forward, t, max_length) for t in texts])
+            return SentenceCalls([partial(self._encode_and_forward, t, max_length) for t in texts])
         raise ValueError(f"Unknown serving shape {shape!r}; choose from {list(SERVING_SHAPES)}.")
 
     def _encode_and_forward(self, text: str, max_length: int) -> np.ndarray:
@@ -167,11 +192,6 @@ SERVING_SHAPES = {
     "tokenization excluded",
     "batch_32": "batches of 32 sentences padded to the longest, milliseconds per sentence",
 }
-
-
-def _cycling(calls: list[Callable[[], Any]]) -> Callable[[], Any]:
-    it = itertools.cycle(calls)
-    return lambda: next(it)()
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -192,8 +212,93 @@ def cpu_name(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
     return platform.processor() or platform.machine()
 
 
+# The /proc/cpuinfo flags that decide how fast these models run, and their names on the page, in this order. AVX2 vs
+# AVX-512 sets the FP32 kernels' width; VNNI (AVX-512 or AVX) runs ONNX Runtime's and OpenVINO's INT8 matmuls in one
+# instruction; AVX512-BF16 and AMX run bf16 (OpenVINO's default precision on AMX CPUs) and AMX also INT8. "AMD EPYC"
+# alone names both a Zen 3 (AVX2 only) and a Zen 4 (AVX-512 VNNI, AVX512-BF16). amx_tile comes with AMX-BF16 and
+# AMX-INT8, so it is not listed again. aarch64 kernels call the line "Features".
+CPU_FEATURES = {
+    "avx2": "AVX2",
+    "avx512f": "AVX-512",
+    "avx512_vnni": "AVX-512 VNNI",
+    "avx_vnni": "AVX-VNNI",
+    "avx512_bf16": "AVX512-BF16",
+    "amx_bf16": "AMX-BF16",
+    "amx_int8": "AMX-INT8",
+    "asimddp": "NEON dot product",
+    "i8mm": "I8MM",
+    "bf16": "BF16",
+    "sve": "SVE",
+    "sve2": "SVE2",
+}
+
+
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags (the first 'flags' line of /proc/cpuinfo, or 'Features' on aarch64); None where there
+    is no such file or line (macOS, Windows, some containers), so 'unknown' is never mistaken for 'absent'."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_features(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> list[str] | None:
+    """The speed-deciding instruction sets the CPU has (`CPU_FEATURES`' names, in its order); None when the flags
+    cannot be read. Two machines with the same model name but different lists give different latency ratios."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else [name for flag, name in CPU_FEATURES.items() if flag in flags]
+
+
+def cpu_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> str:
+    """The CPU's model name with its instruction sets, as every figure records it: "Intel(R) Xeon(R) Processor (AVX2,
+    AVX-512, AVX-512 VNNI, ...)". Without readable flags it says so, with the widest ISA PyTorch dispatches to."""
+    features = cpu_features(cpuinfo)
+    if features is None:
+        return (
+            f"{cpu_name(cpuinfo)} (instruction sets unknown; PyTorch uses {torch.backends.cpu.get_cpu_capability()})"
+        )
+    return f"{cpu_name(cpuinfo)} ({', '.join(features) or 'no AVX2'})"
+
+
+# The tokenizer adds work to the same forward on the same sentences, so a tokenized figure below the untokenized one
+# is a measurement error, not a result. Medians of interleaved shapes still move by a few percent from call to call;
+# beyond this share of the untokenized median, the gap is not noise.
+TOKENIZER_NOISE = 0.10
+TOKENIZED_SHAPES = {"real_length_tokenized": "real_length"}  # the shape with the tokenizer -> the same one without
+
+
+def inconsistent_shapes(shapes: dict[str, dict[str, float]], tolerance: float = TOKENIZER_NOISE) -> list[str]:
+    """Messages for the figures of one variant that contradict each other: a shape timed with the tokenizer whose
+    median is below the same shape's without it by more than `tolerance` (a share of the latter). Such a pair was
+    published once (OpenVINO student: 4.70 ms at real length, p90 10.1, but 1.61 ms with the tokenizer); flagged, it
+    is shown beside the figures instead of published silently."""
+    flags = []
+    for tokenized, plain in TOKENIZED_SHAPES.items():
+        with_tok, without = shapes.get(tokenized) or {}, shapes.get(plain) or {}
+        tok_ms, plain_ms = with_tok.get("median_ms"), without.get("median_ms")
+        if not (isinstance(tok_ms, (int, float)) and isinstance(plain_ms, (int, float))):
+            continue
+        if tok_ms < (1 - tolerance) * plain_ms:
+            flags.append(
+                f"{tokenized} {_ms(with_tok)} is faster than {plain} {_ms(without)} by more than the {tolerance:.0%} "
+                "allowed for noise, though the tokenizer only adds work to the same sentences: one of the two figures "
+                "is wrong (re-measure on a quiet machine)"
+            )
+    return flags
+
+
+def _ms(figure: dict[str, float]) -> str:
+    p90 = figure.get("p90_ms")
+    return f"{figure['median_ms']:.2f} ms" + (f" (p90 {p90:.2f})" if isinstance(p90, (int, float)) else "")
+
+
 def interleaved_latency(
-    runners: dict[str, Callable[[], Any]],
+    runners: dict[str, SentenceCalls | Callable[[], Any]],
     *,
     rounds: int = 10,
     runs_per_round: int = 20,
@@ -210,22 +315,33 @@ def interleaved_latency(
     have evicted the next model's from the CPU caches. Measured: the INT8 student's p90 was 5.4 ms after 5 warm-up
     runs and 1.5 ms after 50 (median 1.4 ms alone). Steady-state latency is what a serving process with one model
     sees, and what the reference measured.
+
+    Every runner sees the same inputs in the same order: a `SentenceCalls` runner's timed call `j` of round `r` runs
+    position `r * runs_per_round + j`, whatever its warm-up did (the warm-up walks the positions the burst is about
+    to time, and does not move them), so the ratios compare models on the same sentences. A no-argument callable
+    has one fixed input (a padded sentence, a batch) and is simply called.
     """
     timings: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
+    for round_index in range(rounds):
+        first = round_index * runs_per_round  # the round's first position, the same for every runner
         for name, run in runners.items():
+            call = run if isinstance(run, SentenceCalls) else _ignoring_position(run)
             start, done = time.perf_counter(), 0
             while done < warmup or time.perf_counter() - start < warmup_s:
-                run()
+                call(first + done)
                 done += 1
-            for _ in range(runs_per_round):
+            for position in range(first, first + runs_per_round):
                 start = time.perf_counter()
-                run()
+                call(position)
                 timings[name].append((time.perf_counter() - start) * 1000.0)
     return {
         name: {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90)), "runs": len(t)}
         for name, t in timings.items()
     }
+
+
+def _ignoring_position(run: Callable[[], Any]) -> Callable[[int], Any]:
+    return lambda _position: run()
 
 
 def latency_rounds(runs: int) -> tuple[int, int]:
@@ -250,8 +366,9 @@ def serving_latency(
     The batch-1 shapes of every runner are one interleaved group (`interleaved_latency`): each round times every
     runner in every shape in turn, so ratios hold across runners and across shapes. Timed as separate groups, the
     machine's drift over minutes made the full run's real-length figures 0.9-1.2x its length-64 ones, against
-    0.5-0.7x in one group. The batch-1 shapes cycle through the first `batch_size` of `texts`; `batch_32` times one
-    batch of them, in its own group from a tenth as many calls, and reports milliseconds per sentence.
+    0.5-0.7x in one group. The batch-1 shapes cycle through the first `batch_size` of `texts`, every runner and shape
+    timing the same sentences in the same order (`SentenceCalls`); `batch_32` times one batch of them, in its own
+    group from a tenth as many calls, and reports milliseconds per sentence.
     """
     unknown = sorted(set(shapes) - set(SERVING_SHAPES))
     if unknown:
@@ -298,12 +415,13 @@ def measure_variants(
 
     Every variant of a run is measured here, on the same sentences and settings, latency timed in alternation
     (`serving_latency`), so their rows compare. `latency_ms` is the reference's convention (batch 1, padded to
-    `sequence_length`); `shapes` has every serving shape.
+    `sequence_length`); `shapes` has every serving shape; `warnings` lists the figures that contradict each other
+    (`inconsistent_shapes`), also logged.
     """
     texts = [str(t) for t in eval_dataset[text_column]] if eval_dataset is not None else ["a short example sentence"]
     labels = np.asarray(list(eval_dataset[label_column])) if eval_dataset is not None else None
     shapes = serving_latency(models, texts, sequence_length=sequence_length, runs=runs, max_length=max_length)
-    return {
+    out = {
         name: {
             "accuracy": None
             if labels is None
@@ -316,9 +434,14 @@ def measure_variants(
             "runtime": runner.runtime,
             "runtime_version": runner.runtime_version,
             "eval_examples": 0 if labels is None else len(labels),
+            "warnings": inconsistent_shapes(shapes[name]),
         }
         for name, runner in models.items()
     }
+    for name, measured in out.items():
+        for flag in measured["warnings"]:
+            logger.warning(f"Inconsistent latency figures of {name}: {flag}.")
+    return out
 
 
 def measure_classifier(

@@ -22,7 +22,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .files import write_atomic, write_text
-from .results import Results, ResultsError, Variant
+from .results import Results, ResultsError, Variant, variant_warnings
 
 CARD_FILE = "README.md"
 PLOT_FILE = "accuracy_vs_latency.png"
@@ -249,7 +249,9 @@ def _trials(results: Results) -> list[dict[str, str]]:
                 "latency": _fmt((t.get("latency") or {}).get("median_ms"), ".2f"),
                 "metric": _fmt(value, ".4f") if _is_number(value) else "not evaluated",
                 "status": md(
-                    ("kept; " if t.get("name") == quant.get("chosen", {}).get("name") else "") + t.get("status", "")
+                    ("kept; " if t.get("name") == quant.get("chosen", {}).get("name") else "")
+                    + t.get("status", "")
+                    + "".join(f"; inconsistent timing: {flag}" for flag in variant_warnings(t))
                 ),
             }
         )
@@ -268,8 +270,9 @@ def _limitations(results: Results, extra: Iterable[str]) -> list[str]:
             "differences between rows are noise."
         )
     lines.append(
-        f"Latency depends on the CPU: these figures come from {md(latency.get('cpu') or 'the machine that trained it')}"
-        f" with {md(latency.get('threads', '?'))} threads; measure on your own hardware before relying on them."
+        "Latency depends on the CPU and its instruction sets (AVX-512 VNNI and AMX speed INT8 up, AVX512-BF16 and AMX "
+        f"bf16): these figures come from {md(_cpu(latency) or 'the machine that trained it')} with "
+        f"{md(latency.get('threads', '?'))} threads; measure on your own hardware before relying on them."
     )
     lines.append(
         "A distilled student inherits its teacher's errors and biases, and can add its own on text unlike the "
@@ -301,13 +304,31 @@ def _shape_picks(quant: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cpu(latency: dict[str, Any]) -> str | None:
+    """The measuring CPU as recorded: its name and instruction sets (`benchmark.cpu_description`); results written
+    before the instruction sets were recorded say so, since the name alone does not decide the speed."""
+    cpu = latency.get("cpu")
+    if cpu and "cpu_features" not in latency:
+        return f"{cpu} (instruction sets not recorded)"
+    return cpu
+
+
+def _latency_warnings(results: Results) -> list[str]:
+    """The flagged figures (`results.variant_warnings`), one line each, naming the variant: shown under the table."""
+    return [
+        f"{md(variant_label(name))}: {md(flag)}"
+        for name, v in results.variants.items()
+        for flag in variant_warnings(v)
+    ]
+
+
 def _latency_description(latency: dict[str, Any], results: Results) -> str:
     """How the latency columns were measured: shapes, runs, threads, CPU, and each runtime's version."""
     versions = sorted({v.runtime_version for v in results.variants.values() if v.runtime_version})
     ort = latency.get("onnxruntime") or {}
     text = (
         f"median of {md(latency.get('runs', '?'))} runs after warm-up (batch 32: a tenth as many calls), "
-        f"{md(latency.get('threads', '?'))} threads on {md(latency.get('cpu') or platform.machine())}"
+        f"{md(latency.get('threads', '?'))} threads on {md(_cpu(latency) or platform.machine())}"
     )
     if versions:
         text += "; " + ", ".join(md(v) for v in versions)
@@ -321,6 +342,11 @@ def _latency_description(latency: dict[str, Any], results: Results) -> str:
         text += ". Columns: " + "; ".join(f"{md(name)}: {md(what)}" for name, what in shapes.items())
     else:
         text += f". Batch 1, length {md(latency.get('sequence_length', '?'))}, tokenization excluded"
+    if latency.get("max_length"):
+        text += (
+            f". Sentences truncated at {md(latency['max_length'])} tokens (accuracy and the real-length columns); "
+            f"the fixed length is {md(latency.get('sequence_length', '?'))}"
+        )
     return text
 
 
@@ -482,6 +508,7 @@ def write_model_card(
         sequence_length=md(latency.get("sequence_length", 64)),
         metric_label=md(metric),
         rows=_rows(results),
+        latency_warnings=_latency_warnings(results),
         plot_file=plot_file,
         provenance=_provenance(results),
         trials=_trials(results),

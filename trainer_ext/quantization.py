@@ -30,7 +30,9 @@ from .benchmark import (
     SERVING_SHAPES,
     ClassifierRunner,
     accuracy,
-    cpu_name,
+    cpu_description,
+    cpu_features,
+    inconsistent_shapes,
     onnx_session_settings,
     serving_latency,
 )
@@ -413,6 +415,7 @@ def _search(
     latencies = {name: by_shape["fixed_length"] for name, by_shape in shaped.items()}
     for candidate in candidates:
         candidate["latency"], candidate["shapes"] = latencies[candidate["name"]], shaped[candidate["name"]]
+        _flag_timing(candidate)
     optimization |= {
         name[len("fp32_") :]: lat["median_ms"] for name, lat in latencies.items() if name.startswith("fp32_")
     }
@@ -427,7 +430,8 @@ def _search(
         "export_max_abs_logit_diff": max_diff,
         "onnx_threads": torch.get_num_threads(),
         "onnxruntime": onnx_session_settings(),
-        "cpu": cpu_name(),
+        "cpu": cpu_description(),  # model name and instruction sets (AVX2, AVX-512 VNNI, AMX, ...)
+        "cpu_features": cpu_features(),
         "fp32": {
             "accuracy": accuracy(fp32_logits, labels),
             "metric_value": baseline,
@@ -442,6 +446,7 @@ def _search(
         "args": asdict(args),
         "trials": [],
     }
+    _flag_timing(report["fp32"], "fp32")
     if args.approach in ("static", "auto") and calibration_dataset is None:
         notes.append("static quantization skipped: no calibration_dataset was given")
     if notes:
@@ -510,8 +515,19 @@ def _search(
             "shapes": chosen["shapes"],
             "size_mb": chosen["size_mb"],
             "speedup_vs_fp32": fp32_latency["median_ms"] / chosen["latency"]["median_ms"],
+            **({"warnings": chosen["warnings"]} if chosen.get("warnings") else {}),
         }
     return report
+
+
+def _flag_timing(record: dict[str, Any], name: str | None = None) -> None:
+    """Record in a timed graph's `warnings` (and log) its figures that contradict each other (`inconsistent_shapes`),
+    so the report never carries them silently."""
+    flags = inconsistent_shapes(record.get("shapes") or {})
+    if flags:
+        record["warnings"] = flags
+        for flag in flags:
+            logger.warning(f"Inconsistent latency figures of {name or record.get('name')}: {flag}.")
 
 
 def _save_shape_picks(report: dict[str, Any], work: Path, staged: Path, backend: str) -> None:
@@ -775,7 +791,7 @@ def _sensitivity_retry(
     if not worst:
         return None
     retry = {**base, "name": f"{base['name']}_exclude{len(worst)}", "exclude": base.get("exclude", []) + worst}
-    for key in ("accuracy", "metric_value", "passed", "status", "latency", "file", "size_mb"):
+    for key in ("accuracy", "metric_value", "passed", "status", "latency", "shapes", "warnings", "file", "size_mb"):
         retry.pop(key, None)
     build(retry)
     # Timed against FP32 in the same interleaved group, for the same reason as the candidates.
@@ -790,6 +806,7 @@ def _sensitivity_retry(
     retry["accuracy"] = accuracy(logits, labels)
     retry["metric_value"] = metric_fn(logits, labels)
     retry["passed"] = args.within_criterion(baseline, retry["metric_value"])
+    _flag_timing(retry)
     retry["faster_than_fp32"] = (not args.require_speedup) or retry["latency"]["median_ms"] < fp32_latency["median_ms"]
     retry["status"] = "evaluated (after excluding the most sensitive nodes)"
     return retry

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,9 @@ import torch
 from .benchmark import (
     SERVING_SHAPES,
     ClassifierRunner,
-    cpu_name,
+    cpu_description,
+    cpu_features,
+    inconsistent_shapes,
     latency_rounds,
     measure_variants,
     onnx_session_settings,
@@ -24,7 +27,10 @@ from .files import write_json
 
 RESULTS_FILE = "results.json"
 INT8_VARIANT = "student_int8"
-LATENCY_METHOD = "interleaved rounds of up to 20 runs per variant, each after at least 5 runs (and 0.25 s) of warm-up"
+LATENCY_METHOD = (
+    "interleaved rounds of up to 20 runs per variant, each after at least 5 runs (and 0.25 s) of warm-up; every variant "
+    "and shape timed on the same sentences in the same order"
+)
 
 
 class ResultsError(ValueError):
@@ -47,10 +53,29 @@ class Variant:
     # Latency by serving shape (benchmark.SERVING_SHAPES): {"real_length": {"median_ms": ..., "p90_ms": ...}, ...}
     shapes: dict[str, dict[str, float]] | None = None
     note: str | None = None
+    # Figures of this variant that contradict each other (benchmark.inconsistent_shapes), stated beside them.
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Checked again here, so results written before the check (without `warnings`) are not published silently.
+        self.warnings = variant_warnings(self)
 
     @property
     def measured(self) -> bool:
         return self.accuracy is not None or self.latency_ms is not None
+
+
+def variant_warnings(variant: Variant | Mapping[str, Any]) -> list[str]:
+    """A variant's flags: those recorded and those its shapes show (`inconsistent_shapes`), each once. Takes a
+    `Variant` or its dict (a `results.json` entry, with or without `warnings`)."""
+    values = vars(variant) if isinstance(variant, Variant) else variant
+    recorded = values.get("warnings") or []
+    return list(dict.fromkeys([*recorded, *inconsistent_shapes(values.get("shapes") or {})]))
+
+
+def latency_warnings(variants: Mapping[str, Variant | Mapping[str, Any]]) -> list[str]:
+    """One line per flag of every variant, "<variant>: <what is wrong>", for the run's summary and the card."""
+    return [f"{name}: {flag}" for name, variant in variants.items() for flag in variant_warnings(variant)]
 
 
 @dataclass
@@ -144,6 +169,8 @@ class Results:
                 "sequence_length": args.get("sequence_length"),
                 "runs": args.get("latency_runs"),
                 "threads": report.get("onnx_threads"),
+                "cpu": report.get("cpu"),
+                **({"cpu_features": report["cpu_features"]} if "cpu_features" in report else {}),
             },
             quantization=report,
         )
@@ -175,19 +202,27 @@ def measure(
     *,
     runs: int = 100,
     sequence_length: int = 64,
+    max_length: int = 128,
 ) -> tuple[dict[str, Variant], dict[str, Any]]:
     """Measure a run's variants in one interleaved group; a string instead of a runner is a note saying why that
-    variant was not measured. Returns the variants (in the given order) and the latency settings they share."""
+    variant was not measured. Returns the variants (in the given order) and the latency settings they share.
+
+    `sequence_length` is the fixed-length shape's padded length; `max_length` truncates the sentences for accuracy and
+    the real-length shapes. A pipeline run passes its one `run.max_length` as both; both are recorded."""
     runners = {name: m for name, m in models.items() if isinstance(m, ClassifierRunner)}
-    measured = measure_variants(runners, eval_dataset, runs=runs, sequence_length=sequence_length)
+    measured = measure_variants(
+        runners, eval_dataset, runs=runs, sequence_length=sequence_length, max_length=max_length
+    )
     variants = {name: Variant(**measured[name]) if name in measured else Variant(note=m) for name, m in models.items()}
     rounds, per_round = latency_rounds(runs)
     latency = {
         "batch_size": 1,
-        "sequence_length": sequence_length,
+        "sequence_length": sequence_length,  # the fixed_length shape's padded length
+        "max_length": max_length,  # truncation for accuracy and the real-length shapes
         "runs": rounds * per_round,
         "threads": torch.get_num_threads(),
-        "cpu": cpu_name(),
+        "cpu": cpu_description(),  # model name and instruction sets: "AMD EPYC" alone names machines unlike in speed
+        "cpu_features": cpu_features(),
         "method": LATENCY_METHOD,
         "shapes": dict(SERVING_SHAPES),
         "onnxruntime": onnx_session_settings(),
@@ -195,4 +230,13 @@ def measure(
     return variants, latency
 
 
-__all__ = ["INT8_VARIANT", "RESULTS_FILE", "Results", "ResultsError", "Variant", "measure"]
+__all__ = [
+    "INT8_VARIANT",
+    "RESULTS_FILE",
+    "Results",
+    "ResultsError",
+    "Variant",
+    "latency_warnings",
+    "measure",
+    "variant_warnings",
+]
