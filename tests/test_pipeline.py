@@ -249,6 +249,88 @@ def test_changed_settings_are_refused_without_touching_outputs(finished_run):
     assert (out / "student_distilled" / "model.safetensors").stat().st_mtime_ns == before
 
 
+# Read only when several candidate students are chosen by a budget: tests/test_selection.py checks that the selection
+# stage's key holds them.
+SELECTION_SETTINGS = {"run.max_accuracy_drop", "run.max_latency_ms"}
+
+
+def recorded_reads(out: Path) -> dict[str, set[str]]:
+    return {p.stem: set(json.loads(p.read_text())["reads"]) for p in (out / "stages").glob("*.json")}
+
+
+def test_every_recipe_field_keys_a_stage_or_is_listed_as_changing_no_output(finished_run):
+    """Stage keys are built from the settings each stage read while it ran; a field that keys no stage must be on
+    the explicit list of fields that cannot change outputs."""
+    from dataclasses import fields as dataclass_fields
+
+    from trainer_ext.runs import OUTPUT_NEUTRAL, SECTIONS
+
+    root, recipe_path, pipeline, _ = finished_run
+    reads = recorded_reads(root / "out")
+    keyed = set().union(*reads.values())
+    recipe = load_recipe(recipe_path)
+    every = {f"{s}.{f.name}" for s in SECTIONS for f in dataclass_fields(getattr(recipe, s)) if f.init}
+    assert sorted(every - keyed - OUTPUT_NEUTRAL - SELECTION_SETTINGS) == []
+    assert not keyed & OUTPUT_NEUTRAL
+    # The settings whose absence let a re-run reuse outputs made otherwise (issue 21), each in the stage that reads it.
+    assert {"run.eval_split", "run.test_split", "run.max_eval_samples", "run.dataset"} <= reads["data"]
+    assert {"run.max_length", "run.precision", "run.seed"} <= reads["teacher"]
+    assert {"run.max_length", "run.precision", "augmentation.num_samples"} <= reads["augmentation"]
+    assert not any(r.startswith("student_training.") for r in reads["augmentation"])  # student changes keep it
+    assert {"run.eval_split", "run.max_length"} <= reads["guard"]
+    assert {"run.test_split", "run.latency_runs", "run.max_length"} <= reads["benchmark"]
+    assert {"run.eval_split", "run.max_length", "quantization.approach"} <= reads["quantization"]
+
+
+@pytest.mark.parametrize(
+    "overrides, stage, changed",
+    [
+        ({"run": {"eval_split": "test"}}, "data", 'run.eval_split was "validation", now "test"'),
+        ({"run": {"test_split": "validation"}}, "data", 'run.test_split was "test", now "validation"'),
+        ({"run": {"precision": "fp32"}}, "teacher", 'run.precision was "auto", now "fp32"'),
+        ({"run": {"max_length": "48"}}, "teacher", "run.max_length was 64, now 48"),
+        ({"augmentation": {"num_samples": "13"}}, "augmentation", "augmentation.num_samples was 12, now 13"),
+    ],
+)
+def test_a_changed_setting_is_refused_with_what_changed_never_reused(finished_run, overrides, stage, changed):
+    root, recipe_path, _, _ = finished_run
+    marker = root / "out" / "stages" / "benchmark.json"
+    before = marker.read_text()
+    with pytest.raises(PipelineError, match=f"Stage {stage!r} .* with other settings: {changed}"):
+        Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
+    assert marker.read_text() == before
+
+
+def test_a_resumed_run_reads_the_saved_splits_and_refuses_an_edited_data_file(finished_run):
+    root, recipe_path, _, _ = finished_run
+    again = Pipeline(load_recipe(recipe_path), progress=lambda _m: None)
+    again.run()
+    assert again.stage_status["data"] == "reused"
+    splits = str(root / "out" / "data" / "splits")
+    assert all(f["filename"].startswith(splits) for split in again.data.values() for f in split.cache_files)
+    train = Path(load_recipe(recipe_path).run.dataset) / "train.csv"
+    original = train.read_text()
+    try:
+        train.write_text(original.replace(",neg", ",pos", 1))  # one label edited between the runs
+        with pytest.raises(PipelineError, match="Stage 'data' .* the data's content changed"):
+            Pipeline(load_recipe(recipe_path), progress=lambda _m: None).run()
+    finally:
+        train.write_text(original)
+
+
+def test_one_sequence_length_owns_training_the_search_and_the_benchmark(finished_run, tmp_path):
+    root, recipe_path, _, results = finished_run
+    length = load_recipe(recipe_path).run.max_length
+    assert results["latency"]["max_length"] == results["latency"]["sequence_length"] == length
+    report = json.loads((root / "out" / "student_distilled" / "compression_report.json").read_text())
+    assert report["args"]["sequence_length"] == length
+    for section, name in (("quantization", "sequence_length"), ("augmentation", "max_length")):
+        overrides = {"run": {"output_dir": str(tmp_path / name)}, section: {name: "32"}}
+        with pytest.raises(PipelineError, match=f"{section}.{name} is 32 but run.max_length is 64"):
+            Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
+        assert not (tmp_path / name).exists()
+
+
 def test_changed_student_settings_redo_only_the_stages_that_read_them(finished_run, tmp_path):
     import shutil
 
@@ -343,7 +425,7 @@ def test_precision_set_in_the_recipe_is_used_and_recorded(tmp_path):
         "teacher_logits": "bf16",
     }
     assert all(v["reason"].startswith("set in the recipe") for v in results["precision"].values())
-    args = pipeline._training_args(pipeline.recipe.student_training, "x", "bf16")
+    args = pipeline._training_args("student_training", "x", "bf16")
     assert args.bf16 and args.use_cpu == (not torch.cuda.is_available())
     training_precision_kwargs("fp32")
     assert os.environ.get("ACCELERATE_MIXED_PRECISION") != "bf16"
@@ -507,6 +589,30 @@ def test_torchrun_two_processes_run_the_recipe_once(tmp_path):
     assert result.stdout.count("student_distilled") >= 1 and (out / "student_distilled" / "README.md").exists()
 
 
+@pytest.mark.distributed
+def test_torchrun_two_processes_run_a_two_candidate_selection(tmp_path):
+    """Every decision of a selection (precision, candidate order, each candidate's status, the guard) is made on the
+    main process and broadcast: ranks that decided apart would train different candidates and wait for each other."""
+    assets = write_assets(tmp_path)
+    students = [assets["student"], "teacher-layers-1"]
+    recipe = tiny_recipe(tmp_path, assets, student=students, max_accuracy_drop=100, augment=False)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "trainer_ext.cli"]
+    result = subprocess.run(
+        [*command, "run", str(recipe)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
+    first_error = result.stderr[result.stderr.find("Traceback") :][:3000]
+    assert result.returncode == 0, first_error or result.stderr[-4000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    selection = results["selection"]
+    assert results["processes"] == 2 and selection["met"]
+    # Fastest first, and the first meets a 100-point budget: it is shipped, the other is not trained.
+    first, second = selection["candidates"]
+    assert first["status"] == "trained" and second["status"].startswith("not trained")
+    assert selection["shipped"] == first["student"] and results["variants"]["student_int8"]["accuracy"] is not None
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_quick_profile_of_the_offline_recipe_under_torchrun(tmp_path):
@@ -527,3 +633,40 @@ def test_quick_profile_of_the_offline_recipe_under_torchrun(tmp_path):
     for name in ("teacher", "student_no_distillation", "student_distilled", "student_int8"):
         assert results["variants"][name]["accuracy"] is not None, name
     assert ModelCard.load(out / "student_distilled" / "README.md").data.eval_results
+
+
+def test_models_run_outside_a_trainer_are_placed_on_the_process_device_on_a_resumed_run(
+    finished_run, tmp_path, monkeypatch
+):
+    """The teacher (labelling) and the generator (sampling) run outside a Trainer: they are moved to the process's
+    device (accelerate's, `cuda:LOCAL_RANK` on GPUs) explicitly, also when a resumed run reuses the recorded precision
+    and times nothing. Here the process device is the meta device, so a model left on the CPU shows."""
+    import shutil
+
+    from datasets import Dataset
+
+    import trainer_ext.pipeline as module
+
+    root, recipe_path, _, _ = finished_run
+    for name in ("teacher", "precision.json"):
+        copy = shutil.copytree if (root / "out" / name).is_dir() else shutil.copy
+        copy(root / "out" / name, tmp_path / name)
+    monkeypatch.setattr(Pipeline, "device", property(lambda self: torch.device("meta")))
+    seen = {}
+
+    def fake_logits(teacher, dataset, *, device, **_kwargs):
+        seen["teacher logits"] = (next(teacher.parameters()).device.type, torch.device(device).type)
+        return np.zeros((len(dataset), 2), dtype=np.float32)
+
+    def fake_augment(augmenter, train, teacher, *_args, **_kwargs):
+        seen["augmentation"] = (next(augmenter.model.parameters()).device.type, next(teacher.parameters()).device.type)
+        return Dataset.from_dict({"text": [], "label": []})
+
+    monkeypatch.setattr(module, "compute_teacher_logits", fake_logits)
+    monkeypatch.setattr(module.TextGenerationAugmenter, "augment", fake_augment)
+    pipeline = Pipeline(load_recipe(recipe_path, overrides={"run": {"output_dir": str(tmp_path)}}), lambda _m: 0)
+    pipeline.data = pipeline.stage_data()
+    teacher, tokenizer = pipeline._teacher()
+    pipeline._teacher_logits(teacher, tokenizer, "train")
+    pipeline.stage_augmentation()
+    assert seen == {"teacher logits": ("meta", "meta"), "augmentation": ("meta", "meta")}

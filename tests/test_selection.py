@@ -148,6 +148,14 @@ def test_every_candidate_is_recorded_and_the_closest_is_shipped_when_none_meets_
     )
 
 
+def test_the_selection_stage_is_keyed_by_its_candidates_and_budget(selection_run):
+    out = selection_run[0]
+    reads = set(json.loads((out / "stages" / "selection.json").read_text())["reads"])
+    assert {"run.student", "run.max_accuracy_drop", "run.max_latency_ms", "quantization.approach"} <= reads
+    # The student stages train the shape the selection shipped: they read its output.
+    assert "selection" in json.loads((out / "stages" / "distillation.json").read_text())["inputs"]
+
+
 def test_a_rerun_of_a_selection_reuses_every_stage_and_a_new_budget_every_candidate(selection_run, tmp_path):
     out, pipeline, results, assets = selection_run
     again = Pipeline(pipeline.recipe, progress=lambda _m: None)

@@ -181,6 +181,7 @@ def _run(argv: list[str]) -> int:
 
     from .pipeline import Pipeline, summary_table
     from .recipe import load_recipe, parse_overrides
+    from .runs import RunInterrupted, signals_raise
 
     if argv and argv[0] in ("-h", "--help"):
         print(
@@ -198,7 +199,19 @@ def _run(argv: list[str]) -> int:
     recipe = load_recipe(argv[0], overrides, profile)
     hf_logging.set_verbosity_warning()
     pipeline = Pipeline(recipe)
-    results = pipeline.run()
+    try:
+        with signals_raise():
+            results = pipeline.run()
+    except RunInterrupted as interrupt:
+        # Nothing of the interrupted stage is kept (its outputs are written atomically, its marker last), and the
+        # finished stages are reused by the next run.
+        where = f"during stage {interrupt.stage!r}" if interrupt.stage else "before the first stage"
+        print(
+            f"trainer-ext run: interrupted ({interrupt.signal_name}) {where}; finished stages are kept. Run the same "
+            "command to resume.",
+            file=sys.stderr,
+        )
+        return interrupt.exit_status
     if pipeline.is_main:
         print()
         print(

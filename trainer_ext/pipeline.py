@@ -78,7 +78,8 @@ from .openvino_backend import OV_FILE
 from .precision import PrecisionChoice, choose_precision, training_precision_kwargs
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, OPENVINO_SUBFOLDER, REPORT_FILE, quantize_model
 from .recipe import Recipe
-from .results import INT8_VARIANT, RESULTS_FILE, Results, measure
+from .results import INT8_VARIANT, RESULTS_FILE, Results, latency_warnings, measure
+from .runs import OutputFolderLocked, OutputLock, RecordedRecipe, RunInterrupted, SettingsLog, setting_value
 from .selection import Budget, guard, int8_figures, pick
 from .students import STUDENT_PRESETS, build_student, calibration_batches, teacher_layers
 from .teacher import compute_teacher_logits
@@ -112,6 +113,16 @@ class PipelineError(RuntimeError):
     """A stage cannot run as configured; the message says what to do. Raised before the stage's long work."""
 
 
+class OutputInUseError(PipelineError):
+    """Another run holds the output folder (see `runs.OutputLock`)."""
+
+
+# The batch that times FP32 against bf16 autocast for a stage's model: a fixed size, so that the stages that only
+# choose a precision (augmentation, teacher logits) do not read the student's batch size and lose their reuse when
+# it changes.
+PRECISION_PROBE_BATCH = 32
+
+
 def _hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -122,22 +133,62 @@ def _settings(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj) if f.init and f.name not in ignored}
 
 
+def data_digest(data: DatasetDict) -> str:
+    """A digest of the splits' texts, labels and label names: a data file edited between two runs changes it."""
+    digest = hashlib.sha256()
+    for split in sorted(data):
+        texts, labels = list(data[split]["text"]), list(data[split]["label"])
+        digest.update(json.dumps([split, label_names(data[split]), texts, labels]).encode())
+    return digest.hexdigest()[:16]
+
+
+def _what_changed(
+    done: dict[str, Any], current: dict[str, Any], extra: dict[str, Any], upstream: dict[str, str]
+) -> str:
+    """Why a stage's marker does not match this run, for the refusal's message: the settings that differ, changed
+    data, or changed inputs."""
+    if "reads" not in done:
+        return "by an earlier trainer-ext whose stage keys did not cover every setting"
+    changed = [
+        f"{name} was {json.dumps(done['settings'][name])}, now {json.dumps(value)}"
+        for name, value in current.items()
+        if value != done["settings"].get(name)
+    ]
+    if done.get("extra", {}).get("content") not in (None, extra.get("content")):
+        changed.append("the data's content changed (a data file was edited)")
+    inputs = [stage for stage, key in upstream.items() if done.get("inputs", {}).get(stage) != key]
+    if inputs:
+        changed.append(f"the stages it reads were redone with other settings ({', '.join(inputs)})")
+    return "with other settings: " + "; ".join(changed) if changed else "with other settings or from other inputs"
+
+
 class Pipeline:
     """Runs a `Recipe`. `run()` returns the results dict that `results.json` holds."""
 
     def __init__(self, recipe: Recipe, progress: Callable[[str], None] = print) -> None:
-        self.recipe = recipe
-        self.args = recipe.run
-        self.out = Path(self.args.output_dir)
+        # Stages read the recipe through this wrapper, which records every setting each stage reads: a stage's key is
+        # built from those (runs.SettingsLog), so no setting it reads can be missing from it.
+        self.settings = SettingsLog()
+        self.recipe = RecordedRecipe(recipe, self.settings.record)
+        self.args = self.recipe.run
+        self.out = Path(recipe.run.output_dir)
         self.progress = progress if self.is_main else (lambda _msg: None)
         self.stage_seconds: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
-        self.keys: dict[str, str] = {}  # stage -> key of its settings and of the stages it reads
+        self.keys: dict[str, str] = {}  # stage -> key of the settings it read and of the stages whose outputs it read
+        self.current_stage: str | None = None
         self._precisions: dict[str, dict[str, Any]] | None = None
         self._data: DatasetDict | None = None
-        # The student shape the student stages train: the only one, or the one the selection stage ships.
-        self.shape: str = self.args.student[0]
-        self.budget = Budget(self.args.max_accuracy_drop, self.args.max_latency_ms)
+        self._shipped_shape: str | None = None  # set by the selection stage
+
+    @property
+    def shape(self) -> str:
+        """The student shape the student stages train: the only one, or the one the selection stage ships."""
+        return self._shipped_shape or self.args.student[0]
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.args.max_accuracy_drop, self.args.max_latency_ms)
 
     # Read afresh each time: every TrainingArguments resets accelerate's shared state and rebuilds it.
     @property
@@ -151,12 +202,37 @@ class Pipeline:
     def barrier(self) -> None:
         process_state().wait_for_everyone()
 
+    @property
+    def device(self) -> torch.device:
+        """This process's device (accelerate's: `cuda:LOCAL_RANK` under torchrun on GPUs), where models that run
+        outside a Trainer are placed explicitly."""
+        return process_state().device
+
+    def _gather(self, value: Any) -> list[Any]:
+        """`value` from every process, in rank order."""
+        if self.num_processes == 1:
+            return [value]
+        from accelerate.utils import gather_object
+
+        return gather_object([value])
+
+    def broadcast(self, value: Any) -> Any:
+        """The main process's `value` on every process: a decision (a precision, an order, a status) is made once."""
+        if self.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value], from_process=0)[0]
+
     # ------------------------------------------------------------------------------------------ orchestration
     def check(self) -> None:
         """Everything that can be checked before long work starts, without writing anything: a failed check leaves
         the output folder as it was (or absent). The data is loaded and checked here, once, for the data stage."""
         self._check_output_dir()
-        self._check_data(self._load_data())
+        with self.settings.reading("data"):  # the data stage's settings are read here, where its data is loaded
+            data = self._load_data()
+        self._check_data(data)
+        self._check_lengths()
         teacher_config = self._model_config(self.args.teacher, "run.teacher", self._resolve_teacher_source)
         for shape in self.args.student:  # presets are known; the other names must resolve now, not after the teacher
             depth = teacher_layers(shape)
@@ -187,6 +263,26 @@ class Pipeline:
                     load_unlabeled_texts(aug.unlabeled_texts, aug.unlabeled_text_column)
                 except (DataValidationError, OSError, ValueError) as err:
                     raise PipelineError(f"augmentation.unlabeled_texts: {err}") from err
+
+    # Settings that other sections once owned beside run.max_length: the pipeline sets them to run.max_length.
+    LENGTH_SETTINGS = (
+        ("quantization", "sequence_length"),
+        ("augmentation", "max_length"),
+        ("student_training", "teacher_max_length"),
+    )
+
+    def _check_lengths(self) -> None:
+        """One sequence length for the whole run: `run.max_length` trains, labels, guards, searches and benchmarks.
+        A recipe that sets another section's length to something else is refused, not silently overridden."""
+        length = self.recipe.unwrapped.run.max_length
+        for section, name in self.LENGTH_SETTINGS:
+            value = getattr(getattr(self.recipe.unwrapped, section), name)
+            if name in self.recipe.raw.get(section, {}) and value != length:
+                raise PipelineError(
+                    f"{section}.{name} is {value} but run.max_length is {length}: a run has one sequence length, "
+                    "run.max_length, for training, the teacher's logits, the guard, the INT8 search and the "
+                    f"benchmark. Remove {section}.{name}, or set --run.max_length {value}."
+                )
 
     def _check_output_dir(self) -> None:
         """`run.output_dir` is, or can be created as, a writable folder (checked on its nearest existing parent)."""
@@ -248,64 +344,108 @@ class Pipeline:
                 )
 
     def run(self) -> dict[str, Any]:
+        """Check everything that can be checked, take the output folder's lock, run (or reuse) every stage."""
         self.check()
-        # Each stage is keyed by its own settings and the keys of the stages whose outputs it reads, so a changed
+        lock = self._lock()
+        try:
+            return self._run_stages()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _lock(self) -> OutputLock | None:
+        """The output folder's lock, taken by the main process before any stage runs; every process fails when it is
+        held by another run (a second run on the same folder is refused in one line, exit status 2)."""
+        lock, held = None, None
+        if self.is_main:
+            lock = OutputLock(self.out)
+            try:
+                lock.acquire()
+            except OutputFolderLocked as err:
+                lock, held = None, str(err)
+        held = self.broadcast(held)
+        if held:
+            raise OutputInUseError(held)
+        return lock
+
+    def _run_stages(self) -> dict[str, Any]:
+        # Each stage is keyed by the settings it reads and the keys of the stages whose outputs it reads, so a changed
         # student setting invalidates the student stages but not the (long) augmentation stage.
-        self.data = self._stage("data", self._data_settings(), self.stage_data, ())
-        self._stage("teacher", self._teacher_settings(), self.stage_teacher, ("data",))
+        self.data = self._stage("data", self.stage_data, (), extra={"content": data_digest(self._load_data())})
+        self._stage("teacher", self.stage_teacher, ("data",))
         if self.args.augment:
-            augmentation = _settings(self.recipe.augmentation)
-            self._stage("augmentation", augmentation, self.stage_augmentation, ("data", "teacher"))
+            self._stage("augmentation", self.stage_augmentation, ("data", "teacher"))
         else:
             self.stage_status["augmentation"] = "skipped (run.augment is false)"
         distillation_inputs = self._distillation_inputs()
+        student_inputs = ("data", "teacher")
         if self.selecting:
-            self._stage("selection", self._selection_settings(), self.stage_selection, distillation_inputs)
+            self._stage("selection", self.stage_selection, distillation_inputs)
+            student_inputs += ("selection",)  # the shape it shipped
+            distillation_inputs += ("selection",)
         else:
             self.stage_status["selection"] = "skipped (one student)"
-        student = self._student_settings()
-        self._stage("student_no_distillation", student, self.stage_student_no_distillation, ("data", "teacher"))
+        self._stage("student_no_distillation", self.stage_student_no_distillation, student_inputs)
         if self.args.augment:
-            self._stage("distillation_original", student, self.stage_distillation_original, ("data", "teacher"))
+            self._stage("distillation_original", self.stage_distillation_original, student_inputs)
         else:
             self.stage_status["distillation_original"] = "skipped (no transfer set: distillation is this row)"
-        self._stage("distillation", student, self.stage_distillation, distillation_inputs)
-        self._stage("guard", {}, self.stage_guard, ("data", "student_no_distillation", "distillation"))
-        quantization = _settings(self.recipe.quantization)
-        self._stage("quantization", quantization, self.stage_quantization, ("data", "guard"))
-        teacher_quantization = _settings(self._teacher_quantization_args())
-        self._stage("teacher_quantization", teacher_quantization, self.stage_teacher_quantization, ("data", "teacher"))
-        latency = {"latency_runs": self.args.latency_runs}
-        self._stage("benchmark", latency, self.stage_benchmark, tuple(self.keys))
-        self._stage("card", asdict(self.recipe.card), self.stage_card, ("benchmark",))
+        self._stage("distillation", self.stage_distillation, distillation_inputs)
+        self._stage("guard", self.stage_guard, ("data", "student_no_distillation", "distillation"))
+        self._stage("quantization", self.stage_quantization, ("data", "guard"))
+        self._stage("teacher_quantization", self.stage_teacher_quantization, ("data", "teacher"))
+        self._stage("benchmark", self.stage_benchmark, tuple(self.keys))
+        self._stage("card", self.stage_card, ("benchmark",))
         return json.loads((self.out / RESULTS_FILE).read_text())
 
     def _marker(self, stage: str) -> Path:
         return self.out / STAGE_DIR / f"{stage}.json"
 
-    def _stage(self, name: str, settings: dict[str, Any], fn: Callable[[], Any], inputs: tuple[str, ...]) -> Any:
-        key = _hash([settings, {stage: self.keys[stage] for stage in inputs}])
-        self.keys[name] = key
+    def _stage(
+        self, name: str, fn: Callable[[], Any], inputs: tuple[str, ...], extra: dict[str, Any] | None = None
+    ) -> Any:
+        """Reuse stage `name` when its marker's key still holds, else refuse (finished with other settings), else run
+        it. The key covers the recipe settings the stage read when it ran (recorded, see `runs.SettingsLog`), `extra`
+        (what keys it besides settings: the data's content) and the keys of the stages in `inputs`."""
+        extra = extra or {}
+        upstream = {stage: self.keys[stage] for stage in inputs}
         marker = self._marker(name)
         if marker.exists():
             done = json.loads(marker.read_text())
-            if done.get("key") == key:
+            current = {setting: setting_value(self.recipe.unwrapped, setting) for setting in done.get("settings", {})}
+            key = _hash([current, extra, upstream])
+            if done.get("key") == key and "reads" in done:
+                self.keys[name] = key
                 self.stage_seconds[name] = done["seconds"]
                 self.stage_status[name] = "reused"
                 self.progress(f"[{name}] done in an earlier run ({done['seconds']:.0f} s): reusing {marker.parent}")
                 return self._reload(name)
             raise PipelineError(
-                f"Stage {name!r} in {self.out} was finished with other settings, or from other inputs ({', '.join(inputs) or 'none'}). "
+                f"Stage {name!r} in {self.out} was finished {_what_changed(done, current, extra, upstream)}. "
                 f"Use a new run.output_dir, or delete {marker} (and the markers of the stages that read its output) "
                 "to redo it; finished outputs are never overwritten silently."
             )
         self.progress(f"[{name}] running")
         start = time.perf_counter()
-        result = fn()
+        self.current_stage = name
+        try:
+            with self.settings.reading(name):
+                result = fn()
+        except RunInterrupted as interrupt:
+            interrupt.stage = interrupt.stage or name
+            raise
+        finally:
+            self.current_stage = None
         seconds = time.perf_counter() - start
+        reads = sorted(self.settings.reads.get(name, ()))
+        settings = {setting: setting_value(self.recipe.unwrapped, setting) for setting in reads}
+        # The main process's record is the one written; every process keys later stages with it.
+        key, reads, settings = self.broadcast((_hash([settings, extra, upstream]), reads, settings))
+        self.keys[name] = key
         self.barrier()
         if self.is_main:
-            write_json(marker, {"key": key, "seconds": seconds, "settings": settings, "finished": time.time()})
+            record = {"key": key, "seconds": seconds, "reads": reads, "settings": settings, "extra": extra}
+            write_json(marker, record | {"inputs": upstream, "finished": time.time()})
         self.barrier()
         self.stage_seconds[name] = seconds
         self.stage_status[name] = "ran"
@@ -313,13 +453,17 @@ class Pipeline:
         return result
 
     def _reload(self, name: str) -> Any:
+        """What a reused stage hands to the later ones: the data stage's saved splits (never the source again: it may
+        have changed since), the selection stage's shipped shape."""
         if name == "selection":
-            self.shape = self._selection()["shipped"]
+            self._shipped_shape = self._selection()["shipped"]
         if name != "data":
             return None
-        data = self._load_data()
-        self._save_splits(data)
-        return data
+        splits = self.out / "data" / "splits"
+        if not splits.exists():
+            raise PipelineError(f"The data stage's output {splits} is missing; delete {self._marker('data')}.")
+        self._data = load_from_disk(str(splits))
+        return self._data
 
     @property
     def selecting(self) -> bool:
@@ -338,10 +482,6 @@ class Pipeline:
         return json.loads(path.read_text())["shipped"]
 
     # --------------------------------------------------------------------------------------------------- data
-    def _data_settings(self) -> dict[str, Any]:
-        keys = ("dataset", "dataset_config", "text_column", "label_column", "max_train_samples", "max_eval_samples")
-        return {k: getattr(self.args, k) for k in keys} | {"seed": self.args.seed}
-
     def _load_data(self) -> DatasetDict:
         """The splits as the run uses them, loaded once (by `check`); loader errors name the flags that fix them."""
         if self._data is not None:
@@ -386,9 +526,10 @@ class Pipeline:
         return data
 
     def _save_splits(self, data: DatasetDict) -> None:
-        """The splits as used, so that benchmarks (benchmarks/ablation_seeds.py) rerun stages without the source."""
-        if self.is_main and not (self.out / "data" / "splits").exists():
+        """The splits as used: a resumed run reads them, never the source again (benchmarks/ablation_seeds.py too)."""
+        if self.is_main:
             write_atomic(self.out / "data" / "splits", partial(DatasetDict.save_to_disk, data))
+        self.barrier()
 
     # ------------------------------------------------------------------------------------------------ teacher
     def _resolve_teacher_source(self) -> str:
@@ -405,11 +546,6 @@ class Pipeline:
         except PackagedAssetError as err:  # not installed, damaged or unknown: the message says what to do
             raise PipelineError(str(err)) from err
 
-    def _teacher_settings(self) -> dict[str, Any]:
-        return {"teacher": self.args.teacher, "fine_tune": self.args.teacher_fine_tune} | _settings(
-            self.recipe.teacher_training
-        )
-
     def _needs_fine_tuning(self, source: str, names: list[str]) -> bool:
         if self.args.teacher_fine_tune is not None:
             return self.args.teacher_fine_tune
@@ -425,18 +561,16 @@ class Pipeline:
             )
         return not (is_classifier and same_labels)
 
-    def _training_args(
-        self, base: TrainingArguments, stage: str, precision: PrecisionChoice, **extra: Any
-    ) -> TrainingArguments:
-        seed = base.seed if "seed" in self.recipe.raw.get(self._section_of(base), {}) else self.args.seed
+    def _training_args(self, section: str, stage: str, precision: PrecisionChoice, **extra: Any) -> TrainingArguments:
+        """The recipe's `section` (teacher_training or student_training) for `stage`: its output folder, the run's
+        seed unless the section sets its own, the precision chosen for the stage."""
+        base = getattr(self.recipe, section).whole(*extra)
+        seed = base.seed if "seed" in self.recipe.raw.get(section, {}) else self.args.seed
         bf16 = training_precision_kwargs(precision)
         use_cpu = (
             base.use_cpu or bf16.pop("use_cpu", False) or (self.num_processes > 1 and not torch.cuda.is_available())
         )
         return replace(base, output_dir=str(self.out / "runs" / stage), seed=seed, use_cpu=use_cpu, **(bf16 | extra))
-
-    def _section_of(self, base: TrainingArguments) -> str:
-        return "student_training" if base is self.recipe.student_training else "teacher_training"
 
     def _tokenized(self, tokenizer: Any, dataset: Dataset) -> Dataset:
         return dataset.map(
@@ -446,11 +580,26 @@ class Pipeline:
     # ----------------------------------------------------------------------------------------------- precision
     def _precision(self, stage: str, model: torch.nn.Module, tokenizer: Any, *, train: bool) -> PrecisionChoice:
         """FP32 or bf16 autocast for `stage`, chosen once per run (see `precision.choose_precision`) on a real batch
-        of training sentences, and recorded in `precision.json`; a resumed run reuses the recorded choice."""
+        of training sentences, and recorded in `precision.json`; a resumed run reuses the recorded choice.
+
+        Under torchrun the main process measures and decides, and every process takes its choice: ranks that chose
+        apart would key the teacher-logit cache apart, and one would wait for the other forever. The model is left
+        where it was (callers place it on `self.device` themselves)."""
         recorded = self._recorded_precisions()
         if stage in recorded and self.args.precision == "auto":
             return PrecisionChoice(**recorded[stage])
-        size = self.recipe.student_training.per_device_train_batch_size
+        choice = self._measure_precision(stage, model, tokenizer, train=train) if self.is_main else None
+        choice = self.broadcast(choice)
+        self.progress(f"[{stage}] precision {choice.precision}: {choice.reason}")
+        recorded[stage] = choice.to_dict()
+        if self.is_main:
+            write_json(self.out / PRECISION_FILE, recorded)
+        return choice
+
+    def _measure_precision(
+        self, stage: str, model: torch.nn.Module, tokenizer: Any, *, train: bool
+    ) -> PrecisionChoice:
+        size = PRECISION_PROBE_BATCH
         texts = self.data["train"]["text"][:size]
         batch = dict(
             tokenizer(texts, padding=True, truncation=True, max_length=self.args.max_length, return_tensors="pt")
@@ -460,13 +609,13 @@ class Pipeline:
             batch["labels"] = (
                 batch["input_ids"].clone() if causal else torch.tensor(self.data["train"]["label"][:size])
             )
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        choice = choose_precision(stage, model.to(device), batch, self.args.precision, train=train, device=device)
-        self.progress(f"[{stage}] precision {choice.precision}: {choice.reason}")
-        recorded[stage] = choice.to_dict()
-        if self.is_main:
-            write_json(self.out / PRECISION_FILE, recorded)
-        return choice
+        home = next(model.parameters()).device
+        try:
+            return choose_precision(
+                stage, model.to(self.device), batch, self.args.precision, train=train, device=self.device
+            )
+        finally:
+            model.to(home)
 
     def _recorded_precisions(self) -> dict[str, dict[str, Any]]:
         if self._precisions is None:
@@ -489,7 +638,7 @@ class Pipeline:
             precision = self._precision("teacher_fine_tuning", teacher, tokenizer, train=True)
             trainer = Trainer(
                 model=teacher,
-                args=self._training_args(self.recipe.teacher_training, "teacher", precision),
+                args=self._training_args("teacher_training", "teacher", precision),
                 train_dataset=self._tokenized(tokenizer, self.data["train"]),
                 processing_class=tokenizer,
                 data_collator=DataCollatorWithPadding(tokenizer),
@@ -514,7 +663,7 @@ class Pipeline:
         return (
             {"student": shape, "max_length": a.max_length}
             | (init if shape in STUDENT_PRESETS else {})
-            | _settings(self.recipe.student_training)
+            | _settings(self.recipe.student_training.whole())
         )
 
     def _initial_student(self, shape: str | None = None, path: Path | None = None) -> tuple[PreTrainedModel, Any]:
@@ -608,7 +757,7 @@ class Pipeline:
         student, tokenizer = self._initial_student(shape, init_path)
         precision = self._precision("student_training", student, tokenizer, train=True)
         args = self._training_args(
-            self.recipe.student_training,
+            "student_training",
             name,
             precision,
             teacher_cache_dir=str(self.out / "_teacher_logits"),
@@ -640,10 +789,10 @@ class Pipeline:
         in the precision measured for the teacher's inference."""
         precision = self._precision("teacher_logits", teacher, teacher_tokenizer, train=False)
         return compute_teacher_logits(
-            teacher,
+            teacher.to(self.device),
             self.data[split],
             batch_size=self.recipe.student_training.per_device_eval_batch_size,
-            device="cuda" if torch.cuda.is_available() else "cpu",
+            device=self.device,
             teacher_tokenizer=teacher_tokenizer,
             max_length=self.args.max_length,
             cache_dir=self.out / "_teacher_logits",
@@ -666,7 +815,7 @@ class Pipeline:
         teacher, teacher_tokenizer = self._teacher()
         aug_dir = self.out / "augmentation"
         args = replace(
-            self.recipe.augmentation,
+            self.recipe.augmentation.whole("output_dir", "max_length", "generator_name_or_path"),
             output_dir=str(aug_dir),
             max_length=self.args.max_length,
             generator_name_or_path=self._resolve_generator_source(),
@@ -678,6 +827,10 @@ class Pipeline:
             and self._precision("generator", augmenter.model, augmenter.tokenizer, train=args.fine_tune).bf16,
             "teacher_bf16": self._precision("teacher_logits", teacher, teacher_tokenizer, train=False).bf16,
         }
+        # Both run outside a Trainer (sampling, labelling): placed on this process's device here, not as a side effect
+        # of timing their precision, which a resumed run skips.
+        augmenter.model.to(self.device)
+        teacher.to(self.device)
         generated = augmenter.augment(self.data["train"], teacher, teacher_tokenizer, exclude, **precision)
         if self.is_main:
             write_atomic(aug_dir / "augmented", partial(Dataset.save_to_disk, generated))
@@ -730,13 +883,6 @@ class Pipeline:
         name = re.sub(r"[^A-Za-z0-9._-]+", "--", shape.strip("/")).lstrip(".-") or "student"
         return self.out / CANDIDATES_DIR / ("_init" if init else "") / name
 
-    def _selection_settings(self) -> dict[str, Any]:
-        return {
-            "candidates": {shape: self._student_settings(shape) for shape in self.args.student},
-            "budget": asdict(self.budget),
-            "quantization": _settings(self.recipe.quantization),
-        }
-
     def _eval_accuracy(self, runner: ClassifierRunner) -> float:
         split = self.data[self.args.eval_split]
         logits = runner.logits(list(split["text"]), max_length=self.args.max_length)
@@ -767,7 +913,14 @@ class Pipeline:
                 "initialised_from": str(getattr(config, "trainer_ext_student_init", config.name_or_path)),
             }
         texts = list(self.data[self.args.eval_split]["text"])
-        timed = serving_latency(runners, texts, runs=40, shapes=("real_length",)) if runners else {}
+        # Timed on the main process alone (two processes timing at once would slow each other), and the order it
+        # measured is every process's: ranks that ordered apart would train different candidates.
+        timed = (
+            serving_latency(runners, texts, runs=40, shapes=("real_length",), max_length=self.args.max_length)
+            if runners and self.is_main
+            else {}
+        )
+        timed = self.broadcast(timed)
         for shape, shapes_ms in timed.items():
             records[shape]["untrained_fp32_real_length_ms"] = shapes_ms["real_length"]["median_ms"]
         return sorted(timed, key=lambda shape: timed[shape]["real_length"]["median_ms"])
@@ -781,9 +934,11 @@ class Pipeline:
         self._train_student(name, train, teacher, teacher_tokenizer, shape, self._candidate_dir(shape, init=True))
         measured = {"train_seconds": time.perf_counter() - start}
         start = time.perf_counter()
-        self._quantize(folder, folder, self.recipe.quantization, f"{folder} was not saved", calibrate=True)
+        self._quantize(folder, folder, self._quantization_args(), f"{folder} was not saved", calibrate=True)
         measured["quantization_seconds"] = time.perf_counter() - start
-        return measured | int8_figures(json.loads((folder / REPORT_FILE).read_text()))
+        # The search ran on the main process; its figures (and the main process's timings) are every process's.
+        figures = int8_figures(json.loads((folder / REPORT_FILE).read_text())) if self.is_main else None
+        return self.broadcast(measured | figures if self.is_main else None)
 
     def stage_selection(self) -> None:
         """Train candidates fastest first, each distilled on the shared transfer set and quantized, until one's INT8
@@ -807,7 +962,7 @@ class Pipeline:
                 continue
             # Keyed like a stage: a resumed selection, or one with more candidates or another budget, reuses every
             # candidate already trained and measured with these settings on these inputs.
-            key = _hash([self._student_settings(shape), _settings(self.recipe.quantization), inputs])
+            key = _hash([self._student_settings(shape), _settings(self._quantization_args()), inputs])
             saved_file = folder.parent / f"{folder.name}.json"
             saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
             if saved.get("key") == key and (folder / "config.json").exists():
@@ -815,11 +970,16 @@ class Pipeline:
                 record |= saved["measured"]
             else:
                 self.progress(f"[selection] {shape}: distilling, then the INT8 search")
+                error = None
                 try:
                     measured = self._train_candidate(shape, folder, train, teacher, teacher_tokenizer)
                 except Exception as err:  # noqa: BLE001 - a candidate that fails is recorded, the others still run
                     logger.warning(f"Candidate {shape} failed", exc_info=True)
-                    record |= {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+                    error = f"{type(err).__name__}: {err}"
+                # Every process records the same status: failed when it failed on any of them.
+                error = next((e for e in self._gather(error) if e is not None), None)
+                if error is not None:
+                    record |= {"status": "failed", "error": error}
                     continue
                 if self.is_main:
                     write_json(saved_file, {"key": key, "measured": measured})
@@ -843,7 +1003,7 @@ class Pipeline:
             raise PipelineError(
                 f"No candidate student could be trained ({failures}). Fix or remove them in run.student."
             )
-        self.shape = shipped
+        self._shipped_shape = shipped
         if self.is_main:
             selection = {
                 "budget": asdict(self.budget),
@@ -867,7 +1027,9 @@ class Pipeline:
                 raise PipelineError(f"{path} is missing; delete its stage marker to retrain it.")
             model = AutoModelForSequenceClassification.from_pretrained(path).eval()
             runners[name] = ClassifierRunner(model, AutoTokenizer.from_pretrained(path))
-        accuracies = {name: self._eval_accuracy(runner) for name, runner in runners.items()}
+        # Decided on the main process and broadcast: every process then quantizes and describes the same folder.
+        accuracies = {name: self._eval_accuracy(runner) for name, runner in runners.items()} if self.is_main else None
+        accuracies = self.broadcast(accuracies)
         shipped, reason = guard(accuracies)
         if self.is_main:
             record = {"shipped": shipped, "reason": reason, "split": self.args.eval_split, "accuracy": accuracies}
@@ -879,11 +1041,21 @@ class Pipeline:
         """The accuracy-aware INT8 search on a finished stage's model, on the main process only."""
         if not (source / "config.json").exists():
             raise PipelineError(missing)
+        failed = None
         if self.is_main:
             tokenizer = AutoTokenizer.from_pretrained(source)
             eval_data = self.data[self.args.eval_split]
             calibration = self.data["train"] if calibrate else None
-            quantize_model(str(source), tokenizer, eval_data, output, args, calibration_dataset=calibration)
+            try:
+                quantize_model(str(source), tokenizer, eval_data, output, args, calibration_dataset=calibration)
+            except Exception as err:  # noqa: BLE001 - re-raised below, on every process alike
+                failed = err
+        # The other processes wait here for the report, and fail with the main process when it failed.
+        error = self.broadcast(None if failed is None else f"{type(failed).__name__}: {failed}")
+        if failed is not None:
+            raise failed
+        if error is not None:
+            raise PipelineError(f"The INT8 search of {source} failed on the main process: {error}")
 
     def stage_quantization(self) -> None:
         path = self.out / self.shipped
@@ -892,7 +1064,7 @@ class Pipeline:
             self.progress(f"[quantization] the selection stage's INT8 search of {self.shape} is reused")
             return
         missing = f"There is no trained student in {path} to quantize; run the distillation stage."
-        self._quantize(path, path, self.recipe.quantization, missing, calibrate=True)
+        self._quantize(path, path, self._quantization_args(), missing, calibrate=True)
 
     def _describe_teacher(self) -> str:
         source = self._resolve_teacher_source()
@@ -919,11 +1091,15 @@ class Pipeline:
         source = packaged.description if packaged else init_from
         return f"the {shape} preset narrowed from {source}: {init.replace('teacher layers', 'its layers', 1)}"
 
+    def _quantization_args(self) -> Any:
+        """The recipe's INT8 search at the run's one sequence length (`run.max_length`)."""
+        return replace(self.recipe.quantization.whole("sequence_length"), sequence_length=self.args.max_length)
+
     def _teacher_quantization_args(self) -> Any:
         # The reference row "teacher, ONNX Runtime INT8" was dynamic quantization; the same search, dynamic only, and
         # without the node-by-node repair: a reference row, and for a 12-layer teacher about a hundred probes.
         return replace(
-            self.recipe.quantization,
+            self._quantization_args(),
             approach="dynamic",
             sensitivity_top_k=0,
             serving_shapes=["fixed_length"],
@@ -980,8 +1156,13 @@ class Pipeline:
                 openvino_xml, student.tokenizer, parameters=student.parameters
             )
             order += ("student_openvino",)
+        length = self.args.max_length  # the run's one length: the fixed-length shape and the truncation
         variants, latency = measure(
-            {name: models[name] for name in order}, self.data[self.args.test_split], runs=self.args.latency_runs
+            {name: models[name] for name in order},
+            self.data[self.args.test_split],
+            runs=self.args.latency_runs,
+            sequence_length=length,
+            max_length=length,
         )
         variants = {name: asdict(v) for name, v in variants.items()}
         write_json(self.out / "benchmark" / "variants.json", {"variants": variants, "latency": latency})
@@ -1030,7 +1211,7 @@ class Pipeline:
         )
         results.save(self.out)
         results.save(folder)
-        card = asdict(self.recipe.card)
+        card = asdict(self.recipe.card.whole())
         card["model_name"] = card["model_name"] or f"{Path(a.output_dir).name}-student"
         write_model_card(folder, results, **card)
 
@@ -1062,6 +1243,7 @@ def summary_table(results: dict[str, Any]) -> str:
     if latency.get("cpu"):
         versions = sorted({v["runtime_version"] for v in results["variants"].values() if v.get("runtime_version")})
         lines.append(f"measured on {latency['cpu']}, {latency.get('threads')} threads; " + ", ".join(versions))
+    lines += [f"INCONSISTENT {line}" for line in latency_warnings(results["variants"])]
     selection = results.get("selection")
     if selection:
         met = "met" if selection["met"] else "NOT MET by any candidate, the closest shipped"
