@@ -651,7 +651,7 @@ def test_models_run_outside_a_trainer_are_placed_on_the_process_device_on_a_resu
     for name in ("teacher", "precision.json"):
         copy = shutil.copytree if (root / "out" / name).is_dir() else shutil.copy
         copy(root / "out" / name, tmp_path / name)
-    monkeypatch.setattr(Pipeline, "device", property(lambda self: torch.device("meta")))
+    monkeypatch.setattr(Pipeline, "device", property(lambda self: torch.device("meta")), raising=False)
     seen = {}
 
     def fake_logits(teacher, dataset, *, device, **_kwargs):
