@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                 + " |"
             )
     if args.json:
-        args.json.write_text(json.dumps({"cpu": cpu_description(), "versions": args.versions, "table": table}, indent=1))
+        args.json.write_text(
+            json.dumps({"cpu": cpu_description(), "versions": args.versions, "table": table}, indent=1)
+        )
     return 0
 
 
