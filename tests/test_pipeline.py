@@ -670,3 +670,35 @@ def test_models_run_outside_a_trainer_are_placed_on_the_process_device_on_a_resu
     pipeline._teacher_logits(teacher, tokenizer, "train")
     pipeline.stage_augmentation()
     assert seen == {"teacher logits": ("meta", "meta"), "augmentation": ("meta", "meta")}
+
+
+def test_the_packaged_minilm_is_a_student_whole_or_k_of_its_layers(tmp_path):
+    """`minilm` is the packaged pre-trained MiniLM in its own shape (its tokenizer, a new head); `minilm-layers-K`
+    keeps K of its layers at its width. Names that do not parse, or K beyond its depth, fail before any work."""
+    from trainer_ext.assets import minilm_teacher_path
+
+    pipeline = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), lambda _m: 0)
+    whole, tokenizer = pipeline._build_student("minilm", ["neg", "pos"])
+    part, _ = pipeline._build_student("minilm-layers-2", ["neg", "pos"])
+    encoder = AutoModelForSequenceClassification.from_pretrained(minilm_teacher_path(), num_labels=2)
+    assert (whole.config.num_hidden_layers, whole.config.hidden_size, whole.config.id2label) == (
+        6,
+        384,
+        {0: "neg", 1: "pos"},
+    )
+    assert (part.config.num_hidden_layers, part.config.hidden_size) == (2, 384)
+    assert tokenizer.vocab_size == AutoTokenizer.from_pretrained(minilm_teacher_path()).vocab_size
+    # Pre-trained weights, not a random encoder: its layers are MiniLM's own (2 of 6: the 3rd and the last).
+    assert torch.equal(
+        whole.bert.encoder.layer[5].output.dense.weight, encoder.bert.encoder.layer[5].output.dense.weight
+    )
+    assert torch.equal(
+        part.bert.encoder.layer[1].output.dense.weight, encoder.bert.encoder.layer[5].output.dense.weight
+    )
+    assert not hasattr(part.config, "trainer_ext_teacher_layers")  # not the teacher's layers
+    with pytest.raises(RecipeError, match="Unknown student shape 'minilm-layer-3'. Did you mean 'minilm-layers-3'"):
+        load_recipe(None, overrides={"run": {"student": "minilm-layer-3"}})
+    too_deep = {"output_dir": str(tmp_path / "p"), "student": "minilm-layers-6", "augment": "false"}
+    with pytest.raises(PipelineError, match="minilm has 6 layers, so minilm-layers-K needs K below that"):
+        Pipeline(load_recipe(None, overrides={"run": too_deep}), progress=lambda _m: None).run()
+    assert not (tmp_path / "p").exists()

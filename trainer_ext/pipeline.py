@@ -81,7 +81,7 @@ from .recipe import Recipe
 from .results import INT8_VARIANT, RESULTS_FILE, Results, latency_warnings, measure
 from .runs import OutputFolderLocked, OutputLock, RecordedRecipe, RunInterrupted, SettingsLog, setting_value
 from .selection import Budget, guard, int8_figures, pick
-from .students import STUDENT_PRESETS, build_student, calibration_batches, teacher_layers
+from .students import STUDENT_PRESETS, build_student, calibration_batches, pretrained_student, teacher_layers
 from .teacher import compute_teacher_logits
 from .trainer import DistillationTrainer
 
@@ -155,7 +155,10 @@ def _what_changed(
         if value != done["settings"].get(name)
     ]
     if done.get("extra", {}).get("content") not in (None, extra.get("content")):
-        changed.append("the data's content changed (a data file was edited)")
+        if changed:
+            changed[-1] += " (so the rows loaded changed too)"
+        else:
+            changed.append("the data's content changed (a data file was edited since)")
     inputs = [stage for stage, key in upstream.items() if done.get("inputs", {}).get(stage) != key]
     if inputs:
         changed.append(f"the stages it reads were redone with other settings ({', '.join(inputs)})")
@@ -241,7 +244,19 @@ class Pipeline:
                     f"run.student {shape!r}: the teacher has {teacher_config.num_hidden_layers} layers, so "
                     f"teacher-layers-K needs K below that. Set --run.student teacher-layers-{teacher_config.num_hidden_layers // 2}."
                 )
-            if not depth and shape not in STUDENT_PRESETS:
+            pretrained = pretrained_student(shape)
+            if pretrained:
+                config = self._model_config(
+                    pretrained[0], "run.student", lambda name=pretrained[0]: self._packaged_source(name)
+                )
+                if pretrained[1] and pretrained[1] >= config.num_hidden_layers:
+                    base = shape.rsplit("-layers-", 1)[0]
+                    raise PipelineError(
+                        f"run.student {shape!r}: {base} has {config.num_hidden_layers} layers, so {base}-layers-K "
+                        f"needs K below that. Set --run.student {base}-layers-{config.num_hidden_layers // 2}, or "
+                        f"{base} for all of them."
+                    )
+            elif not depth and shape not in STUDENT_PRESETS:
                 self._model_config(shape, "run.student", lambda name=shape: name)
         if self.args.student_init_from is not None:
             name = self.args.student_init_from
@@ -712,12 +727,21 @@ class Pipeline:
         if teacher_layers(shape):
             teacher, tokenizer = self._teacher()
             return build_student(teacher, num_hidden_layers=teacher_layers(shape)), tokenizer
+        pretrained = pretrained_student(shape)
+        source = self._packaged_source(pretrained[0]) if pretrained else shape
         id2label, label2id = id2label_label2id(names)
         torch.manual_seed(self.args.seed)
         student = AutoModelForSequenceClassification.from_pretrained(
-            shape, num_labels=len(names), id2label=id2label, label2id=label2id
+            source, num_labels=len(names), id2label=id2label, label2id=label2id
         )
-        return student, AutoTokenizer.from_pretrained(shape)
+        if pretrained and pretrained[1]:
+            # K of its own layers (evenly spaced, the last kept), at its width; its layers are not the teacher's, so
+            # hidden-state losses space them evenly over the teacher's rather than by layer number.
+            student = build_student(student, num_hidden_layers=pretrained[1])
+            student.config.__dict__.pop("trainer_ext_teacher_layers", None)
+        if pretrained:
+            student.config.trainer_ext_student_init_from = pretrained[0]
+        return student, AutoTokenizer.from_pretrained(source)
 
     def _student_source(self, names: list[str], preset: str) -> tuple[PreTrainedModel, Any, bool]:
         """The model a preset student is narrowed from, and whether it is the teacher: `run.student_init_from` (a
@@ -1080,6 +1104,12 @@ class Pipeline:
         init = str(getattr(config, "trainer_ext_student_init", "its vocabulary"))
         if teacher_layers(shape):
             return f"{shape}: {init}"
+        pretrained = pretrained_student(shape)
+        if pretrained:
+            packaged = PACKAGED_SOURCES[pretrained[0]].description
+            if pretrained[1]:
+                return f"{pretrained[1]} of the layers of {packaged} ({shape}), at its width, with a new head"
+            return f"{packaged}, pre-trained, in its own shape ({config.num_hidden_layers} x {config.hidden_size}), with a new head"
         if shape not in STUDENT_PRESETS:
             return shape
         # build_student calls the model it narrows "teacher"; here that is student_init_from when it is set (and the
@@ -1194,7 +1224,10 @@ class Pipeline:
                 (
                     name
                     for name in (self.shape, a.teacher)
-                    if name not in STUDENT_PRESETS and name not in PACKAGED_SOURCES and not Path(name).exists()
+                    if name not in STUDENT_PRESETS
+                    and name not in PACKAGED_SOURCES
+                    and not pretrained_student(name)
+                    and not Path(name).exists()
                 ),
                 None,
             ),

@@ -41,7 +41,7 @@ from .arguments import DistillationTrainingArguments
 from .augmentation import AugmentationArguments
 from .cards import CardArguments
 from .quantization import QuantizationArguments
-from .students import STUDENT_PRESETS, teacher_layers
+from .students import PRETRAINED_STUDENTS, STUDENT_PRESETS, pretrained_student, teacher_layers
 
 
 class RecipeError(ValueError):
@@ -89,7 +89,8 @@ class RunArguments:
             "help": "The student, or a list of candidates to choose from by the budget below (fastest first). Each is "
             f"a preset ({', '.join(STUDENT_PRESETS)}: built from student_init_from or the teacher, see student_init), "
             "'teacher-layers-K' (K of the teacher's layers at its width) or a local folder / Hub id of a model to "
-            "start from (e.g. google/bert_uncased_L-4_H-256_A-4)."
+            "start from (e.g. google/bert_uncased_L-4_H-256_A-4); 'minilm' is the packaged pre-trained MiniLM in its "
+            "own shape (6 x 384, its own tokenizer) and 'minilm-layers-K' K of its layers."
         },
     )
     max_accuracy_drop: float | None = field(
@@ -145,14 +146,18 @@ class RunArguments:
         if not self.student:
             raise ValueError("student is empty: name at least one student, e.g. [bert-tiny, bert-mini].")
         for name in self.student:
-            if (name.startswith("bert-") and name not in STUDENT_PRESETS) or (
-                name.startswith("teacher-layers") and not teacher_layers(name)
+            if (
+                (name.startswith("bert-") and name not in STUDENT_PRESETS)
+                or (name.startswith("teacher-layers") and not teacher_layers(name))
+                or (name.startswith("minilm") and not pretrained_student(name))
             ):
-                close = difflib.get_close_matches(name, [*STUDENT_PRESETS, "teacher-layers-6"], n=1)
+                known = [*STUDENT_PRESETS, "teacher-layers-6", *PRETRAINED_STUDENTS, "minilm-layers-3"]
+                close = difflib.get_close_matches(name, known, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ValueError(
                     f"Unknown student shape {name!r}.{hint} Choose presets from {', '.join(STUDENT_PRESETS)}, "
-                    "'teacher-layers-K' with K >= 1, or a model folder / Hub id."
+                    "'teacher-layers-K' with K >= 1, the pre-trained 'minilm' or 'minilm-layers-K', or a model "
+                    "folder / Hub id."
                 )
         if len(set(self.student)) < len(self.student):
             raise ValueError(f"student lists a candidate twice: {self.student}.")

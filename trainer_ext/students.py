@@ -27,6 +27,7 @@ __all__ = [
     "evenly_spaced_layers",
     "hidden_state_projection",
     "pca_projection",
+    "pretrained_student",
     "teacher_layers",
 ]
 
@@ -43,6 +44,10 @@ STUDENT_PRESETS: dict[str, dict[str, int]] = {
 }
 # "teacher-layers-6": the teacher's own width, 6 of its layers (evenly spaced, the last one kept).
 _TEACHER_LAYERS = re.compile(r"teacher-layers-(\d+)")
+# Pre-trained students used in their own shape: the packaged MiniLM whole ("minilm", 6 x 384), or K of its layers at
+# its width ("minilm-layers-3"), named like teacher-layers-K. The value is the packaged model's name.
+PRETRAINED_STUDENTS: dict[str, str] = {"minilm": "packaged:minilm"}
+_PRETRAINED_LAYERS = re.compile(r"(minilm)-layers-(\d+)")
 ENCODER_INITS = ("projected", "random")
 
 # The group is only anchored at the start of a key or after a dot so that names like "conv_layers.0." never match;
@@ -57,6 +62,19 @@ def teacher_layers(name: str) -> int | None:
     """K of a `teacher-layers-K` student name (K of the teacher's layers at its width); None for any other name."""
     match = _TEACHER_LAYERS.fullmatch(name)
     return int(match.group(1)) if match else None
+
+
+def pretrained_student(name: str) -> tuple[str, int | None] | None:
+    """(the packaged model, K or None) for a pre-trained student name: `minilm` (the packaged MiniLM whole, also
+    `packaged:minilm`) or `minilm-layers-K` (K of its layers, evenly spaced, the last kept); None for any other name."""
+    if name in PRETRAINED_STUDENTS.values():
+        return name, None
+    if name in PRETRAINED_STUDENTS:
+        return PRETRAINED_STUDENTS[name], None
+    match = _PRETRAINED_LAYERS.fullmatch(name)
+    if match and int(match.group(2)) >= 1:
+        return PRETRAINED_STUDENTS[match.group(1)], int(match.group(2))
+    return None
 
 
 def count_parameters(model: nn.Module) -> int:
