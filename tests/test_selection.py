@@ -6,9 +6,10 @@ import pytest
 from huggingface_hub import ModelCard
 from test_pipeline import tiny_recipe, write_assets
 
+from trainer_ext.cards import md
 from trainer_ext.pipeline import Pipeline, PipelineError, summary_table
 from trainer_ext.recipe import RecipeError, load_recipe
-from trainer_ext.selection import Budget, guard, int8_figures, pick
+from trainer_ext.selection import Budget, guard, int8_figures, pick, teacher_note
 
 
 def record(student, accuracy, ms, budget=None, teacher=0.9, status="trained"):
@@ -35,6 +36,11 @@ def test_pick_ships_the_first_candidate_within_the_budget_else_the_closest():
     assert (shipped, met) == ("mini", False) and "0.50 ms over" in why  # none in time: the fastest
     failed = [{"student": "bert-huge", "status": "failed", "error": "x"}]
     assert pick(failed, budget, 0.9) == (None, False, "no candidate trained")
+
+
+def test_a_teacher_no_better_than_the_undistilled_student_is_said_plainly():
+    assert teacher_note(0.80, 0.79) is None
+    assert "no better on the eval split" in teacher_note(0.79, 0.79) and "(80.24%)" in teacher_note(0.7762, 0.8024)
 
 
 def test_guard_ships_the_undistilled_student_only_when_it_is_more_accurate():
@@ -226,12 +232,17 @@ def test_the_undistilled_student_is_shipped_when_it_is_more_accurate(tmp_path, m
         return runner
 
     monkeypatch.setattr(pipeline_module, "ClassifierRunner", named_runner)
+    # And a teacher no better than the undistilled student: said in one sentence, in the summary and the card.
+    monkeypatch.setattr(Pipeline, "_teacher_eval_accuracy", lambda *_args: 0.75)
     assets = write_assets(tmp_path)
     results = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, augment=False)), progress=lambda _m: None).run()
     out = tmp_path / "out"
     assert results["guard"]["shipped"] == results["model_variant"] == "student_no_distillation"
-    assert results["guard"]["accuracy"] == accuracies
+    assert results["guard"]["accuracy"] == accuracies and results["guard"]["teacher_accuracy"] == 0.75
+    note = "the teacher (75.00%) is no better on the eval split than the student trained on labels alone (75.00%)"
+    assert results["guard"]["teacher_note"].startswith(note) and f"NOTE: {note}" in summary_table(results)
     assert (out / "student_no_distillation" / "onnx" / "model_quantized.onnx").exists()
     assert not (out / "student_distilled" / "onnx").exists() and not (out / "student_distilled" / "README.md").exists()
     card = ModelCard.load(out / "student_no_distillation" / "README.md").text
     assert "distillation did not help on this data" in card
+    assert md(note) in card  # escaped as the card escapes every value

@@ -191,6 +191,8 @@ def _provenance(results: Results) -> list[str]:
     if results.guard:
         shipped = variant_label(results.guard.get("shipped", ""))
         lines.append(f"Shipped: the {md(shipped)}; {md(results.guard.get('reason'))}.")
+        if results.guard.get("teacher_note"):
+            lines.append(f"Note: {md(results.guard['teacher_note'])}.")
     quant = results.quantization
     if quant:
         chosen = quant.get("chosen", {})

@@ -80,7 +80,7 @@ from .quantization import INT8_FILE, ONNX_SUBFOLDER, OPENVINO_SUBFOLDER, REPORT_
 from .recipe import Recipe
 from .results import INT8_VARIANT, RESULTS_FILE, Results, latency_warnings, measure
 from .runs import OutputFolderLocked, OutputLock, RecordedRecipe, RunInterrupted, SettingsLog, setting_value
-from .selection import Budget, guard, int8_figures, pick
+from .selection import Budget, guard, int8_figures, pick, teacher_note
 from .students import STUDENT_PRESETS, build_student, calibration_batches, pretrained_student, teacher_layers
 from .teacher import compute_teacher_logits
 from .trainer import DistillationTrainer
@@ -406,7 +406,7 @@ class Pipeline:
         else:
             self.stage_status["distillation_original"] = "skipped (no transfer set: distillation is this row)"
         self._stage("distillation", self.stage_distillation, distillation_inputs)
-        self._stage("guard", self.stage_guard, ("data", "student_no_distillation", "distillation"))
+        self._stage("guard", self.stage_guard, ("data", "teacher", "student_no_distillation", "distillation"))
         self._stage("quantization", self.stage_quantization, ("data", "guard"))
         self._stage("teacher_quantization", self.stage_teacher_quantization, ("data", "teacher"))
         self._stage("benchmark", self.stage_benchmark, tuple(self.keys))
@@ -1055,10 +1055,14 @@ class Pipeline:
         accuracies = {name: self._eval_accuracy(runner) for name, runner in runners.items()} if self.is_main else None
         accuracies = self.broadcast(accuracies)
         shipped, reason = guard(accuracies)
+        # The teacher's logits on the eval split are computed in shares on every process (and cached).
+        teacher_accuracy = self._teacher_eval_accuracy(*self._teacher())
+        note = teacher_note(teacher_accuracy, accuracies["student_no_distillation"])
         if self.is_main:
             record = {"shipped": shipped, "reason": reason, "split": self.args.eval_split, "accuracy": accuracies}
+            record |= {"teacher_accuracy": teacher_accuracy, "teacher_note": note}
             write_json(self.out / SHIPPED_FILE, record)
-        self.progress(f"[guard] shipping {shipped}: {reason}")
+        self.progress(f"[guard] shipping {shipped}: {reason}" + (f"; {note}" if note else ""))
 
     # ------------------------------------------------------------------------------------------- quantization
     def _quantize(self, source: Path, output: Path, args: Any, missing: str, calibrate: bool = False) -> None:
@@ -1290,6 +1294,8 @@ def summary_table(results: dict[str, Any]) -> str:
             lines.append(f"  {r['student']:<24} {r.get('status', '').split(':')[0]:<12} {figures}")
     if results.get("guard"):
         lines.append(f"shipped {results['guard']['shipped']}: {results['guard']['reason']}")
+        if results["guard"].get("teacher_note"):
+            lines.append(f"NOTE: {results['guard']['teacher_note']}")
     if results.get("precision"):
         lines.append("precision: " + ", ".join(f"{k} {v['precision']}" for k, v in results["precision"].items()))
     if results.get("stages"):

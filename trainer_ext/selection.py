@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Budget", "guard", "int8_figures", "pick"]
+__all__ = ["Budget", "guard", "int8_figures", "pick", "teacher_note"]
 
 
 @dataclass(frozen=True)
@@ -122,4 +122,16 @@ def guard(accuracies: dict[str, float]) -> tuple[str, str]:
         )
     return "student_distilled", (
         f"distilled {100 * distilled:.2f}% against {100 * plain:.2f}% trained on labels alone, on the eval split"
+    )
+
+
+def teacher_note(teacher: float, plain: float) -> str | None:
+    """One plain sentence when the teacher is no better on the eval split than the student trained on labels alone
+    (distillation then has nothing to pass on), else None."""
+    if teacher > plain:
+        return None
+    return (
+        f"the teacher ({100 * teacher:.2f}%) is no better on the eval split than the student trained on labels alone "
+        f"({100 * plain:.2f}%), so distillation has little to pass on: train the teacher longer or on more data, or "
+        "use a stronger one"
     )
