@@ -412,6 +412,10 @@ def test_unlabeled_texts_join_the_transfer_set_relabelled_filtered_and_capped(tm
     )
     capped, capped_stats = run(max_transfer_samples=10)
     assert len(capped) == 10 and capped_stats["unlabeled"]["kept"] == 4
+    assert "short_of_cap" not in capped_stats["unlabeled"]
+    # A cap above what the source holds: what there is is used, and the shortfall said, not a late failure.
+    more, more_stats = run(max_transfer_samples=100)
+    assert len(more) == 6 + 36 and more_stats["unlabeled"]["short_of_cap"] == 100 - 6 - 36
 
 
 def test_bad_unlabeled_sources_fail_before_any_generation(tmp_path, corpus, gen_tokenizer, monkeypatch):

@@ -727,6 +727,14 @@ class TextGenerationAugmenter:
             "kept": len(kept),
             "rejected": dict(reasons),
         }
+        if cap is not None and len(kept) < cap:
+            # A cap above what the source holds: the run goes on with what there is, and says how many.
+            stats["unlabeled"]["short_of_cap"] = cap - len(kept)
+            logger.warning(
+                f"augmentation.max_transfer_samples asked for {cap:,} unlabelled sentences, but "
+                f"{self.args.unlabeled_texts} holds {len(kept):,} that pass the filters: using those "
+                f"({dict(reasons)} rejected)."
+            )
         return kept
 
     def relabel(self, dataset: Dataset, teacher, teacher_tokenizer, label_names, stats: dict) -> Dataset:
