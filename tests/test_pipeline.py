@@ -702,3 +702,17 @@ def test_the_packaged_minilm_is_a_student_whole_or_k_of_its_layers(tmp_path):
     with pytest.raises(PipelineError, match="minilm has 6 layers, so minilm-layers-K needs K below that"):
         Pipeline(load_recipe(None, overrides={"run": too_deep}), progress=lambda _m: None).run()
     assert not (tmp_path / "p").exists()
+
+
+def test_a_student_vocabulary_that_cannot_read_the_data_is_refused_before_training(tmp_path):
+    assets = write_assets(tmp_path)
+    alien = train_wordpiece_tokenizer(["xyz zyx yxz zzx"] * 20, vocab_size=30)  # knows the letters x, y and z only
+    make_bert(alien, seed=3).save_pretrained(tmp_path / "alien")
+    alien.save_pretrained(tmp_path / "alien")
+    recipe = load_recipe(tiny_recipe(tmp_path, assets, student=str(tmp_path / "alien"), augment=False))
+    with pytest.raises(PipelineError, match=r"run.student .*alien'.*% of the training text's tokens are unknown"):
+        Pipeline(recipe, progress=lambda _m: None).run()
+    assert not (tmp_path / "out").exists()
+    from trainer_ext.pipeline import unknown_token_share
+
+    assert unknown_token_share(AutoTokenizer.from_pretrained(assets["teacher"]), ["the great film 1"]) == 0.0

@@ -133,6 +133,16 @@ def _settings(obj: Any, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in fields(obj) if f.init and f.name not in ignored}
 
 
+def unknown_token_share(tokenizer: Any, texts: list[str]) -> float:
+    """The share of `texts`' tokens (special tokens aside) that `tokenizer` maps to its unknown token."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not texts:
+        return 0.0  # byte-level vocabularies have no unknown token
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    total = sum(len(row) for row in ids)
+    return sum(row.count(unk) for row in ids) / max(total, 1)
+
+
 def data_digest(data: DatasetDict) -> str:
     """A digest of the splits' texts, labels and label names: a data file edited between two runs changes it."""
     digest = hashlib.sha256()
@@ -261,6 +271,7 @@ class Pipeline:
         if self.args.student_init_from is not None:
             name = self.args.student_init_from
             self._model_config(name, "run.student_init_from", lambda: self._packaged_source(name))
+        self._check_vocabularies(data)
         if self.args.augment:
             aug = self.recipe.augmentation
             self._model_config(
@@ -312,6 +323,38 @@ class Pipeline:
             raise PipelineError(
                 f"Cannot write to {existing}, so not to {self.out} either. Set --run.output_dir to a writable folder."
             )
+
+    # Share of a sample's word pieces that a tokenizer maps to its unknown token: above the first it warns, above the
+    # second it refuses (a cased vocabulary on text in another script, a vocabulary of another language).
+    UNKNOWN_WARN, UNKNOWN_REFUSE = 0.02, 0.25
+
+    def _check_vocabularies(self, data: DatasetDict) -> None:
+        """Every tokenizer that will read the training text (the teacher's, each student's or the model a preset is
+        narrowed from) can read it: the share of unknown tokens on the first 512 sentences, before any training."""
+        sources = {"run.teacher": self._resolve_teacher_source()}
+        for shape in self.args.student:
+            pretrained = pretrained_student(shape)
+            if pretrained:
+                sources["run.student"] = self._packaged_source(pretrained[0])
+            elif shape in STUDENT_PRESETS and self.args.student_init_from is not None:
+                sources["run.student_init_from"] = self._packaged_source(self.args.student_init_from)
+            elif shape not in STUDENT_PRESETS and not teacher_layers(shape):
+                sources["run.student"] = shape
+        texts = list(data["train"]["text"][:512])
+        for key, source in sources.items():
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source)
+            except (OSError, ValueError):
+                continue  # a packaged single-file model or an unusual folder: the stage that loads it says why
+            share = unknown_token_share(tokenizer, texts)
+            where = f"{key} {source!r}: {100 * share:.1f}% of the training text's tokens are unknown to its vocabulary"
+            if share > self.UNKNOWN_REFUSE:
+                raise PipelineError(
+                    f"{where}, so it cannot read this data (a cased vocabulary on other text, another language?). "
+                    f"Set --{key} to a model whose tokenizer covers the data."
+                )
+            if share > self.UNKNOWN_WARN:
+                logger.warning(f"{where}; it trains, but those words are lost to it.")
 
     def _model_config(self, name: str, key: str, resolve: Callable[[], str]) -> Any:
         """The config of the model `name` (a packaged name, a local folder or a Hub id) that the recipe's `key` names,
