@@ -18,6 +18,7 @@ from test_augmentation import byte_level_tokenizer, tiny_gpt2
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from trainer_ext.augmentation import read_stats
+from trainer_ext.benchmark import ClassifierRunner, accuracy
 from trainer_ext.pipeline import STAGES, Pipeline, PipelineError
 from trainer_ext.recipe import RecipeError, load_recipe, parse_overrides
 
@@ -716,3 +717,27 @@ def test_a_student_vocabulary_that_cannot_read_the_data_is_refused_before_traini
     from trainer_ext.pipeline import unknown_token_share
 
     assert unknown_token_share(AutoTokenizer.from_pretrained(assets["teacher"]), ["the great film 1"]) == 0.0
+
+
+def test_the_teacher_can_be_fine_tuned_to_a_validation_plateau(tmp_path):
+    """run.teacher_patience (160 sentences, batch 32: 5 steps an epoch): evaluated four times an epoch on the eval split, the best kept, stopped after that many
+    evaluations without improvement within num_train_epochs; the card says how far it went."""
+    assets = write_assets(tmp_path)
+    recipe = tiny_recipe(tmp_path, assets, augment=False, teacher_patience=1)
+    overrides = {"teacher_training": {"num_train_epochs": "6", "learning_rate": "0.05"}}
+    pipeline = Pipeline(load_recipe(recipe, overrides=overrides), progress=lambda _m: None)
+    pipeline.check()
+    pipeline.data = pipeline.stage_data()
+    pipeline.stage_teacher()
+    plateau = json.loads((tmp_path / "out" / "teacher" / "trainer_ext_plateau.json").read_text())
+    assert plateau["max_steps"] == 6 * 5 and plateau["best_step"] <= plateau["steps"] <= plateau["max_steps"]
+    assert 0 <= plateau["best_eval_accuracy"] <= 1 and plateau["split"] == "validation"
+    # The kept teacher is the best evaluated one: its accuracy on the eval split is the best recorded.
+    teacher, tokenizer = pipeline._teacher()
+    logits = ClassifierRunner(teacher, tokenizer).logits(list(pipeline.data["validation"]["text"]), max_length=64)
+    assert accuracy(logits, np.asarray(pipeline.data["validation"]["label"])) == pytest.approx(
+        plateau["best_eval_accuracy"], abs=1e-6
+    )
+    assert "to a plateau on the validation split" in pipeline._describe_teacher()
+    with pytest.raises(RecipeError, match="teacher_patience must be >= 1"):
+        load_recipe(recipe, overrides={"run": {"teacher_patience": "0"}})

@@ -52,6 +52,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    EarlyStoppingCallback,
     PreTrainedModel,
     Trainer,
     TrainingArguments,
@@ -106,7 +107,8 @@ PRECISION_FILE = "precision.json"
 LOGITS_FILE = "teacher_logits.npy"  # the original training sentences' teacher logits, under distillation_data/
 CANDIDATES_DIR = "candidates"  # selection: per candidate, a folder (model, onnx/, report) and <name>.json (figures)
 SELECTION_FILE = "selection.json"  # selection: every candidate's record and the one shipped
-SHIPPED_FILE = "shipped.json"  # guard: the student shipped (distilled or not) and why
+SHIPPED_FILE = "shipped.json"
+TEACHER_TRAINING_FILE = "trainer_ext_plateau.json"  # teacher/: how far a teacher trained to a plateau went  # guard: the student shipped (distilled or not) and why
 
 
 class PipelineError(RuntimeError):
@@ -141,6 +143,21 @@ def unknown_token_share(tokenizer: Any, texts: list[str]) -> float:
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     total = sum(len(row) for row in ids)
     return sum(row.count(unk) for row in ids) / max(total, 1)
+
+
+class _JsonFile:
+    """A JSON file saved into a model folder with the model (`files.save_pretrained` calls `save_pretrained`)."""
+
+    def __init__(self, name: str, value: Any) -> None:
+        self.name, self.value = name, value
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        Path(folder, self.name).write_text(json.dumps(self.value, indent=2))
+
+
+def _accuracy_metric(prediction: Any) -> dict[str, float]:
+    """`compute_metrics` for Trainer: accuracy of the argmax."""
+    return {"accuracy": accuracy(prediction.predictions, prediction.label_ids)}
 
 
 def data_digest(data: DatasetDict) -> str:
@@ -686,6 +703,7 @@ class Pipeline:
         names = label_names(self.data["train"])
         id2label, label2id = id2label_label2id(names)
         tokenizer = AutoTokenizer.from_pretrained(source)
+        plateau: dict[str, Any] = {}
         if not self._needs_fine_tuning(source, names):
             teacher = AutoModelForSequenceClassification.from_pretrained(source, id2label=id2label, label2id=label2id)
         else:
@@ -694,17 +712,51 @@ class Pipeline:
                 source, num_labels=len(names), id2label=id2label, label2id=label2id
             )
             precision = self._precision("teacher_fine_tuning", teacher, tokenizer, train=True)
+            train = self._tokenized(tokenizer, self.data["train"])
+            plateau = self._plateau_settings(len(train)) if self.args.teacher_patience else {}
             trainer = Trainer(
                 model=teacher,
-                args=self._training_args("teacher_training", "teacher", precision),
-                train_dataset=self._tokenized(tokenizer, self.data["train"]),
+                args=self._training_args("teacher_training", "teacher", precision, **plateau),
+                train_dataset=train,
+                eval_dataset=self._tokenized(tokenizer, self.data[self.args.eval_split]) if plateau else None,
                 processing_class=tokenizer,
                 data_collator=DataCollatorWithPadding(tokenizer),
+                compute_metrics=_accuracy_metric if plateau else None,
+                callbacks=[EarlyStoppingCallback(self.args.teacher_patience)] if plateau else None,
             )
             trainer.train()
             teacher = trainer.model
+            if plateau:  # how far it trained, saved beside its weights for the card
+                state = trainer.state
+                plateau = {
+                    "best_step": int(getattr(state, "best_global_step", None) or state.global_step),
+                    "steps": state.global_step,
+                    "max_steps": state.max_steps,
+                    "epochs": state.epoch,
+                    "best_eval_accuracy": state.best_metric,
+                    "split": self.args.eval_split,
+                    "patience": self.args.teacher_patience,
+                }
         if self.is_main:
-            save_pretrained(self.out / "teacher", teacher, tokenizer)
+            record = [_JsonFile(TEACHER_TRAINING_FILE, plateau)] if plateau else []
+            save_pretrained(self.out / "teacher", teacher, tokenizer, *record)
+
+    def _plateau_settings(self, rows: int) -> dict[str, Any]:
+        """Trainer settings that train the teacher to a validation plateau: evaluate and checkpoint four times an
+        epoch, keep the best (by accuracy on the eval split), at most one checkpoint on disk besides the best."""
+        section = self.recipe.teacher_training
+        batch = section.per_device_train_batch_size * section.gradient_accumulation_steps * self.num_processes
+        every = max(1, -(-rows // batch) // 4)
+        return {
+            "eval_strategy": "steps",
+            "eval_steps": every,
+            "save_strategy": "steps",
+            "save_steps": every,
+            "save_total_limit": 1,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "accuracy",
+            "greater_is_better": True,
+        }
 
     def _teacher(self) -> tuple[PreTrainedModel, Any]:
         path = self.out / "teacher"
@@ -1142,6 +1194,14 @@ class Pipeline:
         packaged = PACKAGED_SOURCES.get(self.args.teacher)
         name = packaged.description if packaged else self.args.teacher
         if self._needs_fine_tuning(source, label_names(self.data["train"])):
+            plateau = self.out / "teacher" / TEACHER_TRAINING_FILE
+            if plateau.exists():
+                t = json.loads(plateau.read_text())
+                return (
+                    f"{name}, fine-tuned here on the training split to a plateau on the {t['split']} split: "
+                    f"{100 * t['best_eval_accuracy']:.2f}% at step {t['best_step']:,}, stopped at step {t['steps']:,} "
+                    f"of at most {t['max_steps']:,} (patience {t['patience']} evaluations)"
+                )
             epochs = self.recipe.teacher_training.num_train_epochs
             return f"{name}, fine-tuned here on the training split for {epochs:g} epoch{'' if epochs == 1 else 's'}"
         return name

@@ -83,6 +83,14 @@ class RunArguments:
             "not yet a classifier for these labels."
         },
     )
+    teacher_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Fine-tune the teacher to a validation plateau: evaluate on the eval split four times an epoch, "
+            "keep the best, stop after this many evaluations without improvement; teacher_training.num_train_epochs "
+            "is then the budget. Unset (null): train for num_train_epochs, no evaluation."
+        },
+    )
     student: list[str] = field(
         default_factory=lambda: ["bert-mini"],
         metadata={
@@ -175,6 +183,8 @@ class RunArguments:
             raise ValueError(f"max_latency_ms must be a positive number of milliseconds, got {self.max_latency_ms:g}.")
         if self.student_init not in ("projected", "random"):
             raise ValueError(f"student_init must be 'projected' or 'random', got {self.student_init!r}.")
+        if self.teacher_patience is not None and self.teacher_patience < 1:
+            raise ValueError(f"teacher_patience must be >= 1 evaluations (or null), got {self.teacher_patience}.")
         if self.max_length < 8 or self.latency_runs < 1 or self.student_init_samples < 1:
             raise ValueError("max_length must be >= 8, and latency_runs and student_init_samples >= 1.")
 
