@@ -107,8 +107,8 @@ PRECISION_FILE = "precision.json"
 LOGITS_FILE = "teacher_logits.npy"  # the original training sentences' teacher logits, under distillation_data/
 CANDIDATES_DIR = "candidates"  # selection: per candidate, a folder (model, onnx/, report) and <name>.json (figures)
 SELECTION_FILE = "selection.json"  # selection: every candidate's record and the one shipped
-SHIPPED_FILE = "shipped.json"
-TEACHER_TRAINING_FILE = "trainer_ext_plateau.json"  # teacher/: how far a teacher trained to a plateau went  # guard: the student shipped (distilled or not) and why
+SHIPPED_FILE = "shipped.json"  # guard: the student shipped (distilled or not) and why
+TEACHER_TRAINING_FILE = "trainer_ext_plateau.json"  # teacher/: how far a teacher trained to a plateau went
 
 
 class PipelineError(RuntimeError):
@@ -206,7 +206,6 @@ class Pipeline:
         self.stage_seconds: dict[str, float] = {}
         self.stage_status: dict[str, str] = {}
         self.keys: dict[str, str] = {}  # stage -> key of the settings it read and of the stages whose outputs it read
-        self.current_stage: str | None = None
         self._precisions: dict[str, dict[str, Any]] | None = None
         self._data: DatasetDict | None = None
         self._shipped_shape: str | None = None  # set by the selection stage
@@ -502,15 +501,12 @@ class Pipeline:
             )
         self.progress(f"[{name}] running")
         start = time.perf_counter()
-        self.current_stage = name
         try:
             with self.settings.reading(name):
                 result = fn()
         except RunInterrupted as interrupt:
-            interrupt.stage = interrupt.stage or name
+            interrupt.stage = interrupt.stage or name  # for the CLI's one line
             raise
-        finally:
-            self.current_stage = None
         seconds = time.perf_counter() - start
         reads = sorted(self.settings.reads.get(name, ()))
         settings = {setting: setting_value(self.recipe.unwrapped, setting) for setting in reads}
