@@ -19,6 +19,8 @@ from typing import Any, Literal
 import torch
 from transformers.utils import logging
 
+from .benchmark import cpu_flags
+
 logger = logging.get_logger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -36,11 +38,9 @@ def bf16_flags_support(flags: str) -> tuple[bool, str]:
 
 
 def _read_cpu_flags() -> str | None:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((line for line in f if line.startswith("flags")), None)
-    except OSError:
-        return None
+    """The CPU's flags as one line, read where every figure's CPU record reads them (`benchmark.cpu_flags`)."""
+    flags = cpu_flags()
+    return None if flags is None else " ".join(sorted(flags))
 
 
 def bf16_support(device: torch.device | str = "cpu") -> tuple[bool, str]:
