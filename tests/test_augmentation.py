@@ -6,9 +6,10 @@ import torch
 from conftest import make_bert, make_sentences, train_wordpiece_tokenizer
 from datasets import ClassLabel, Dataset, Features, Value
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from trainer_ext.augmentation import (
+    GENERATOR_DIR,
     STATS_FILE,
     AugmentationArguments,
     AugmentationError,
@@ -449,3 +450,42 @@ def test_packaged_imdb_reviews_are_read_without_the_rotten_tomatoes_rows():
     splits = load_offline_rotten_tomatoes()
     ours = {normalize_text(t) for split in splits.values() for t in split["text"]}
     assert not ours & {normalize_text(t) for t in texts[:2000]}
+
+
+def test_a_fine_tuned_generator_is_reused_only_with_the_settings_and_data_it_was_tuned_with(
+    tmp_path, corpus, gen_tokenizer
+):
+    """A re-run of the augmentation (a resumed or redone stage) used to crash on a folder holding a fine-tuned
+    generator (its tokenizer was dropped), and would have reused a generator tuned with other settings."""
+    base = tmp_path / "base"
+    tiny_gpt2(gen_tokenizer).save_pretrained(base)
+    gen_tokenizer.save_pretrained(base)
+    out = tmp_path / "aug"
+
+    def tuned(**kw) -> TextGenerationAugmenter:
+        args = make_args(out, fine_tune=True, fine_tune_epochs=1, fine_tune_max_samples=32, **kw)
+        augmenter = TextGenerationAugmenter(str(base), args=args)
+        augmenter.fine_tune(corpus, LABELS)
+        return augmenter
+
+    def weights(model) -> torch.Tensor:
+        return model.get_input_embeddings().weight.detach().clone()
+
+    first = weights(tuned().model)
+    assert not torch.equal(first, weights(GPT2LMHeadModel.from_pretrained(base)))  # it trained
+    again = tuned()  # the same settings and data: loaded from the folder, not trained again
+    assert again.model.name_or_path == str(out / GENERATOR_DIR)
+    assert torch.equal(weights(again.model), first)
+
+    other = weights(tuned(fine_tune_learning_rate=5e-3).model)  # another setting: tuned again from the base
+    assert not torch.equal(other, first)
+    assert torch.equal(weights(AutoModelForCausalLM.from_pretrained(out / GENERATOR_DIR)), other)
+
+    augmenter = TextGenerationAugmenter(
+        str(base),
+        args=make_args(
+            out, fine_tune=True, fine_tune_epochs=1, fine_tune_max_samples=32, fine_tune_learning_rate=5e-3
+        ),
+    )
+    augmenter.fine_tune(corpus.select(range(60)), LABELS)  # other data, same settings: tuned again
+    assert not torch.equal(weights(augmenter.model), other)

@@ -4,6 +4,7 @@ the teacher relabel them so a small student can learn from far more data than wa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -46,6 +47,7 @@ logger = logging.get_logger(__name__)
 STATS_FILE = "augmentation_stats.json"
 AUGMENTATION_DIR = "augmentation"  # where DistillationTrainer(augmentation_args=...) writes under its output_dir
 GENERATOR_DIR = "generator"
+FINE_TUNE_KEY_FILE = "trainer_ext_fine_tune.json"  # the settings and data digest a saved generator was tuned with
 SHARD_DIR = "shards"
 LABEL_DISTRIBUTIONS = ("balanced", "proportional")
 
@@ -157,6 +159,10 @@ class AugmentationArguments:
             raise ValueError(f"max_transfer_samples must be >= 1, got {self.max_transfer_samples}.")
         if self.max_attempts_factor < 1:
             raise ValueError(f"max_attempts_factor must be >= 1, got {self.max_attempts_factor}.")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------------------------------- text filters
@@ -294,11 +300,14 @@ class TextGenerationAugmenter:
         args: AugmentationArguments | None = None,
     ) -> None:
         self.args = args or AugmentationArguments()
+        # What the generator is fine-tuned from: a generator fine-tuned with other settings is never reused.
+        self._base = str(generator) if isinstance(generator, (str, os.PathLike)) else generator.name_or_path
         if isinstance(generator, (str, os.PathLike)):
             tuned = Path(self.args.output_dir or "") / GENERATOR_DIR
-            if self.args.output_dir and self.args.fine_tune and (tuned / "config.json").exists():
-                # An earlier run fine-tuned it already: load that and skip loading (say, dequantising) the base.
-                generator, loaded_tokenizer = load_generator(str(tuned)), None
+            if self.args.output_dir and self.args.fine_tune and self._tuned_settings_match(tuned):
+                # An earlier run fine-tuned it with these settings: load that and skip loading (say, dequantising) the
+                # base; `fine_tune` checks the training data too.
+                generator, loaded_tokenizer = load_generator(str(tuned))
             else:
                 generator, loaded_tokenizer = load_generator(str(generator), self.args.gguf_file)
             tokenizer = tokenizer or loaded_tokenizer
@@ -331,11 +340,16 @@ class TextGenerationAugmenter:
         """Fine-tune the generator on "{label}{sep}{text}{eos}" lines with a `Trainer` (so torchrun works too)."""
         args = self.args
         out = Path(args.output_dir) / GENERATOR_DIR if args.output_dir else None
-        if out is not None and (out / "config.json").exists():
-            logger.warning(f"Reusing the fine-tuned generator in {out}.")
+        data_key = _digest([list(label_names), list(train_dataset[text_column]), list(train_dataset[label_column])])
+        if out is not None and self._tuned_settings_match(out, data_key):
+            logger.warning(f"Reusing the generator fine-tuned with these settings and data in {out}.")
             if self.model.name_or_path != str(out):
                 self.model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
             return
+        if out is not None and (out / "config.json").exists():
+            logger.warning(f"The generator in {out} was fine-tuned with other settings or data: fine-tuning again.")
+            if self.model.name_or_path == str(out):  # __init__ loaded it; start again from the base
+                self.model, _ = load_generator(self._base, args.gguf_file)
         data = train_dataset
         if args.fine_tune_max_samples and len(data) > args.fine_tune_max_samples:
             data = data.shuffle(seed=args.seed).select(range(args.fine_tune_max_samples))
@@ -382,6 +396,23 @@ class TextGenerationAugmenter:
             p.requires_grad_(True)
         if out is not None and trainer.args.should_save:
             save_pretrained(out, self.model, self.tokenizer)
+            write_json(out / FINE_TUNE_KEY_FILE, {"settings": self._fine_tune_settings(), "data": data_key})
+
+    def _fine_tune_settings(self) -> dict[str, Any]:
+        """Everything besides the data that shapes the fine-tuned generator."""
+        a = self.args
+        names = ("fine_tune_epochs", "fine_tune_learning_rate", "fine_tune_batch_size", "fine_tune_max_samples")
+        names += ("freeze_layers", "max_new_tokens", "separator", "seed", "gguf_file")
+        return {"base": self._base, **{name: getattr(a, name) for name in names}}
+
+    def _tuned_settings_match(self, tuned: Path, data_key: str | None = None) -> bool:
+        """Whether `tuned` holds a generator fine-tuned with these settings (and, when given, this data)."""
+        key_file = tuned / FINE_TUNE_KEY_FILE
+        if not (tuned / "config.json").exists() or not key_file.exists():
+            return False
+        saved = json.loads(key_file.read_text())
+        settings = json.loads(json.dumps(self._fine_tune_settings()))  # as JSON gives it back: tuples become lists
+        return saved.get("settings") == settings and (data_key is None or saved.get("data") == data_key)
 
     def _freeze_lower_layers(self, n: int) -> None:
         if n <= 0:
