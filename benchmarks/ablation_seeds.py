@@ -13,11 +13,23 @@ from the same initial student and the same teacher logits:
   (teacher-confidence filtering, measured without re-running the teacher).
 
 Each row is trained with the recipe's student settings and the seed changed, then measured (PyTorch FP32, batch 32)
-on the run's validation and test splits. The teacher is not needed: its logits are columns of the saved data.
+on the run's validation and test splits. Two more knobs make the transfer-set curve and the objective comparison of
+issue 22:
+
+- `--transfer-size N`: `distilled_transfer` trains on a transfer set of N sentences instead of the run's own. The
+  run's generated rows stay; the unlabelled sentences are drawn exactly as the pipeline draws them (same seeded order
+  and filters, so the run's own are the first ones), and only the new ones are labelled by the run's teacher (bf16
+  autocast where the CPU has it, else FP32), cached in `ablation_seeds/transfer_N`.
+- `--set FIELD=VALUE`: a student_training setting changed for every row (e.g. `--set distillation_loss=mse
+  distillation_weight=1.0`, the reference's objective); `--bf16` trains under bf16 autocast as the pipeline does on
+  a bf16 CPU. The teacher is not needed: its logits are columns of the saved data.
 
     python benchmarks/ablation_seeds.py outputs/rotten_tomatoes_offline --seeds 1 2 3
     python benchmarks/ablation_seeds.py RUN_DIR --rows no_distillation distilled_original --json out.json
     python benchmarks/ablation_seeds.py --merge seed1.json seed2.json seed3.json   # seeds run apart, summarized
+    python benchmarks/ablation_seeds.py RUN_DIR --seeds 42 --rows distilled_transfer --transfer-size 50000 --bf16
+    python benchmarks/ablation_seeds.py RUN_DIR --rows distilled_transfer --set distillation_loss=mse \
+        distillation_weight=1.0 --bf16
 
 It prints one line per row (mean ± standard deviation over seeds, and each seed), the device, the CPU and the
 versions, and writes the same as JSON with `--json`.
@@ -38,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
+import yaml
 from datasets import Dataset, concatenate_datasets, load_from_disk
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
@@ -45,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trainer_ext.benchmark import ClassifierRunner, accuracy, cpu_description  # noqa: E402
+from trainer_ext.precision import training_precision_kwargs  # noqa: E402
 from trainer_ext.recipe import load_recipe  # noqa: E402
 from trainer_ext.trainer import DistillationTrainer  # noqa: E402
 
@@ -52,14 +66,17 @@ ROWS = ("no_distillation", "distilled_original", "distilled_transfer")
 SOURCE_ROWS = {"distilled_unlabeled": "unlabeled", "distilled_generated": "generated"}
 
 
-def training_data(run_dir: Path, row: str, splits: Any, min_confidence: float | None = None) -> Dataset:
-    """The rows a student row trains on (text, label and, when distilled, teacher_logits)."""
+def training_data(
+    run_dir: Path, row: str, splits: Any, min_confidence: float | None = None, transfer: Dataset | None = None
+) -> Dataset:
+    """The rows a student row trains on (text, label and, when distilled, teacher_logits); `transfer` replaces the
+    run's own transfer set (see `extended_transfer`)."""
     if row == "no_distillation":
         return splits["train"]
     saved = run_dir / "distillation_data"
     if row == "distilled_original" and (saved / "original").exists():
         return load_from_disk(str(saved / "original"))
-    transfer = load_from_disk(str(saved / "transfer"))
+    transfer = transfer if transfer is not None else load_from_disk(str(saved / "transfer"))
     if row == "distilled_original":  # the same rows and logits (the pipeline test checks it): one folder less to copy
         return transfer.filter(lambda s: s == "original", input_columns="source")
     if row == "distilled_transfer":
@@ -78,6 +95,80 @@ def training_data(run_dir: Path, row: str, splits: Any, min_confidence: float | 
     return concatenate_datasets([original, extra])
 
 
+def extended_transfer(run_dir: Path, recipe: Any, size: int, splits: Any) -> Dataset:
+    """The run's transfer set grown (or cut) to `size` transfer sentences: its generated rows, then unlabelled
+    sentences in the pipeline's own seeded order and filters, the new ones labelled by the run's teacher."""
+    from trainer_ext.augmentation import TextGenerationAugmenter, load_unlabeled_texts, normalize_text
+    from trainer_ext.precision import bf16_support
+    from trainer_ext.teacher import compute_teacher_logits
+
+    cached = run_dir / "ablation_seeds" / f"transfer_{size}"
+    if (cached / "dataset_info.json").exists():
+        return load_from_disk(str(cached))
+    run_transfer = load_from_disk(str(run_dir / "distillation_data" / "transfer"))
+    sources = np.asarray(run_transfer["source"])
+    # A larger set labelled before holds this one's sentences first (the same seeded order): its logits are reused.
+    larger = sorted(cached.parent.glob("transfer_*"), key=lambda d: int(d.name.split("_")[1]))
+    labelled = load_from_disk(str(larger[-1])) if larger else run_transfer
+    labelled = labelled.select(np.flatnonzero(np.asarray(labelled["source"]) == "unlabeled").tolist())
+    original = run_transfer.select(np.flatnonzero(sources == "original").tolist())
+    generated = run_transfer.select(np.flatnonzero(sources == "generated").tolist())
+    args = replace(
+        recipe.augmentation,
+        output_dir=str(run_dir / "augmentation"),
+        max_length=recipe.run.max_length,
+        max_transfer_samples=size,
+    )
+    # The run's fine-tuned generator is loaded only for its tokenizer (the length bounds count its tokens, as the run's).
+    augmenter = TextGenerationAugmenter(str(run_dir / "augmentation" / "generator"), args=args)
+    train_texts = [str(t) for t in splits["train"]["text"]]
+    augmenter._set_length_bounds(train_texts)
+    excluded = {normalize_text(t) for t in train_texts}
+    for split in (recipe.run.eval_split, recipe.run.test_split):
+        excluded.update(normalize_text(t) for t in splits[split]["text"])
+    excluded.update(normalize_text(t) for t in generated["text"])
+    stats: dict[str, Any] = {}
+    unlabeled = load_unlabeled_texts(args.unlabeled_texts, args.unlabeled_text_column)
+    sentences = augmenter._unlabeled_sentences(unlabeled, excluded, max(0, size - len(generated)), stats)
+    known = list(labelled["text"])
+    shared = min(len(known), len(sentences))
+    if sentences[:shared] != known[:shared]:
+        raise SystemExit("The pipeline's sentence order no longer reproduces the run's transfer set: rerun the run.")
+    logits = list(labelled["teacher_logits"])[:shared]
+    new = sentences[shared:]
+    if new:
+        path = run_dir / "teacher"
+        teacher = AutoModelForSequenceClassification.from_pretrained(path).eval()
+        bf16 = bf16_support("cpu")[0] and not torch.cuda.is_available()
+        start = time.perf_counter()
+        new_logits = compute_teacher_logits(
+            teacher.to("cuda" if torch.cuda.is_available() else "cpu"),
+            Dataset.from_dict({"text": new}),
+            teacher_tokenizer=AutoTokenizer.from_pretrained(path),
+            max_length=recipe.run.max_length,
+            bf16=bf16,
+            batch_size=128,
+        )
+        print(
+            f"labelled {len(new):,} new sentences in {time.perf_counter() - start:.0f} s "
+            f"({'bf16 autocast' if bf16 else 'FP32'})",
+            flush=True,
+        )
+        logits += new_logits.tolist()
+    extra = Dataset.from_dict(
+        {
+            "text": sentences,
+            "label": [int(np.argmax(row)) for row in logits],
+            "teacher_logits": logits,
+            "source": ["unlabeled"] * len(sentences),
+        },
+        features=original.features,
+    )
+    dataset = concatenate_datasets([original, generated, extra])
+    dataset.save_to_disk(str(cached))
+    return dataset
+
+
 def train_row(
     run_dir: Path,
     row: str,
@@ -87,11 +178,14 @@ def train_row(
     work: Path,
     min_confidence: float | None = None,
     init: Path | None = None,
+    transfer: Dataset | None = None,
+    overrides: dict[str, Any] | None = None,
+    bf16: bool = False,
 ) -> dict[str, Any]:
     init = init or run_dir / "student_init"
     tokenizer = AutoTokenizer.from_pretrained(init)
     model = AutoModelForSequenceClassification.from_pretrained(init, dtype=torch.float32)
-    train = training_data(run_dir, row, splits, min_confidence)
+    train = training_data(run_dir, row, splits, min_confidence, transfer)
     max_length = recipe.run.max_length
     train = train.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True)
     args = replace(
@@ -100,6 +194,8 @@ def train_row(
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
+        **(overrides or {}),
+        **training_precision_kwargs("bf16" if bf16 else "fp32"),
     )
     start = time.perf_counter()
     trainer = DistillationTrainer(
@@ -163,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by-source", action="store_true", help="Add the transfer set's sources as separate rows.")
     parser.add_argument("--init", type=Path, help="Another initial student (default: the run's student_init).")
     parser.add_argument("--min-confidence", type=float, help="Add distilled_confident with this threshold.")
+    parser.add_argument("--transfer-size", type=int, help="Train distilled_transfer on this many transfer sentences.")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="student_training settings changed for every row."
+    )
+    parser.add_argument("--bf16", action="store_true", help="Train under bf16 autocast (a bf16 CPU or a GPU).")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     parser.add_argument("--merge", type=Path, nargs="+", help="Summarize the --json files of earlier runs instead.")
     args = parser.parse_args(argv)
@@ -195,20 +296,45 @@ def main(argv: list[str] | None = None) -> int:
     eval_splits = [recipe.run.eval_split, recipe.run.test_split]
     transformers.logging.set_verbosity_error()
 
+    overrides = {}
+    for setting in args.set:
+        field, sep, value = setting.partition("=")
+        if not sep or not hasattr(recipe.student_training, field):
+            parser.error(f"--set {setting!r}: give FIELD=VALUE with a student_training field.")
+        overrides[field] = yaml.safe_load(value)
+    transfer = extended_transfer(run_dir, recipe, args.transfer_size, splits) if args.transfer_size else None
+    tag = ",".join(
+        ([f"transfer={args.transfer_size}"] if args.transfer_size else [])
+        + list(args.set)
+        + (["bf16"] if args.bf16 else [])
+    )
     results = []
     for seed in args.seeds:
         for row in rows:
-            work = run_dir / "ablation_seeds" / (args.init.name if args.init else "student_init")
-            result = train_row(run_dir, row, seed, recipe, splits, work, args.min_confidence, args.init)
+            work = run_dir / "ablation_seeds" / (args.init.name if args.init else "student_init") / (tag or "recipe")
+            result = train_row(
+                run_dir,
+                row,
+                seed,
+                recipe,
+                splits,
+                work,
+                args.min_confidence,
+                args.init,
+                transfer,
+                overrides,
+                args.bf16,
+            )
+            result["row"] = f"{row}[{tag}]" if tag else row
             results.append(result)
             print(
-                f"seed {seed} {row:<20} "
+                f"seed {seed} {result['row']:<20} "
                 + " ".join(f"{s} {100 * result[s]:.2f}%" for s in eval_splits)
                 + f" ({result['train_rows']} rows, {result['seconds']:.0f} s)",
                 flush=True,
             )
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU: {cpu_description()}"
-    report(results, rows, eval_splits, args.seeds, device, args.json)
+    report(results, list(dict.fromkeys(r["row"] for r in results)), eval_splits, args.seeds, device, args.json)
     return 0
 
 
