@@ -191,11 +191,13 @@ def train_row(
     args = replace(
         recipe.student_training,
         output_dir=str(work / f"{row}_{seed}"),
-        seed=seed,
-        use_cpu=not torch.cuda.is_available(),
-        disable_tqdm=True,
-        **(overrides or {}),
-        **training_precision_kwargs("bf16" if bf16 else "fp32"),
+        **{
+            "seed": seed,
+            "use_cpu": not torch.cuda.is_available(),
+            "disable_tqdm": True,
+            **(overrides or {}),
+            **training_precision_kwargs("bf16" if bf16 else "fp32"),
+        },
     )
     start = time.perf_counter()
     trainer = DistillationTrainer(
