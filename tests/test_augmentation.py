@@ -489,3 +489,125 @@ def test_a_fine_tuned_generator_is_reused_only_with_the_settings_and_data_it_was
     )
     augmenter.fine_tune(corpus.select(range(60)), LABELS)  # other data, same settings: tuned again
     assert not torch.equal(weights(augmenter.model), other)
+
+
+# ------------------------------------------------------------------------------------ the teacher's labelling form
+def _labelling_setup(corpus):
+    teacher_tok = train_wordpiece_tokenizer(list(corpus["text"]) + make_sentences(200, seed=5)[0])
+    teacher = make_bert(teacher_tok, num_labels=3, id2label=dict(enumerate(LABELS)))
+    check = make_sentences(60, seed=9, num_labels=3)[0]  # stands for the validation split
+    return teacher, teacher_tok, check
+
+
+def test_an_int8_labelling_teacher_that_agrees_with_fp32_labels_the_transfer_set(tmp_path, corpus, gen_tokenizer):
+    from trainer_ext.benchmark import ClassifierRunner
+
+    teacher, teacher_tok, check = _labelling_setup(corpus)
+    args = make_args(tmp_path, num_samples=12, teacher_labelling="int8")
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, args)
+    out = augmenter.augment(corpus, teacher=teacher, teacher_tokenizer=teacher_tok, labelling_texts=check)
+
+    record = json.loads((tmp_path / STATS_FILE).read_text())["stats"]["teacher_labelling"]
+    assert record["form"] == "int8" and record["requested"] == "int8" and record["fallback"] is None
+    assert record["agreement"] >= 0.99 and record["sentences"] == 60 and record["min_agreement"] == 0.99
+    assert set(record["seconds_per_10k"]) == {"fp32", "int8"} and all(
+        s > 0 for s in record["seconds_per_10k"].values()
+    )
+    # The INT8 files sit under the augmentation folder, with the teacher they were made from.
+    int8 = tmp_path / "teacher_int8" / "model_quantized.onnx"
+    assert record["int8_model"] == str(int8) and (tmp_path / "teacher_int8" / "labeller.json").exists()
+    # The transfer set carries the INT8 model's logits, not FP32's, and its labels are their argmax.
+    logits = np.asarray(list(out["teacher_logits"]))
+    runner_logits = ClassifierRunner(int8, teacher_tok).logits(list(out["text"]), max_length=args.max_length)
+    assert np.allclose(logits, runner_logits, atol=1e-5)
+    with torch.no_grad():
+        teacher.eval()
+        fp32 = teacher(**teacher_tok(list(out["text"]), padding=True, return_tensors="pt")).logits.numpy()
+    assert not np.allclose(logits, fp32, atol=1e-6)
+    assert (logits.argmax(-1) == np.asarray(list(out["label"]))).all()
+
+
+def test_an_int8_labelling_teacher_that_disagrees_falls_back_before_generation_and_says_why(
+    tmp_path, corpus, gen_tokenizer, monkeypatch
+):
+    import trainer_ext.labelling as labelling
+
+    teacher, teacher_tok, check = _labelling_setup(corpus)
+    real, calls = labelling.int8_logits, []
+
+    def one_label_flipped(*args, **kwargs):
+        logits = real(*args, **kwargs)
+        logits[0] = -logits[0]  # the INT8 teacher now disagrees with FP32 on the first check sentence: 59 of 60
+        calls.append(len(logits))
+        return logits
+
+    monkeypatch.setattr(labelling, "int8_logits", one_label_flipped)
+    args = make_args(tmp_path, num_samples=12, teacher_labelling="int8")
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, args)
+    generate = augmenter.generate_batch
+
+    def checked_first(*a, **k):
+        assert calls == [60], "the INT8 teacher must be checked before any sentence is generated"
+        return generate(*a, **k)
+
+    monkeypatch.setattr(augmenter, "generate_batch", checked_first)
+    out = augmenter.augment(corpus, teacher=teacher, teacher_tokenizer=teacher_tok, labelling_texts=check)
+
+    record = augmenter.stats["teacher_labelling"]
+    assert record["form"] == "fp32" and record["requested"] == "int8"
+    assert record["agreement"] == pytest.approx(59 / 60)
+    assert (
+        record["fallback"]
+        == record["reason"]
+        == (
+            "the INT8 teacher agreed with FP32 on 98.33% of 60 validation sentences, below min_labelling_agreement "
+            "99.00%: labelled in FP32 instead"
+        )
+    )
+    assert calls == [60]  # the transfer set was not labelled by INT8
+    # Labelled by the FP32 teacher: its logits, exactly.
+    with torch.no_grad():
+        teacher.eval()
+        fp32 = teacher(**teacher_tok(list(out["text"]), padding=True, return_tensors="pt")).logits.numpy()
+    assert np.allclose(np.asarray(list(out["teacher_logits"])), fp32, atol=1e-5)
+    assert json.loads((tmp_path / STATS_FILE).read_text())["stats"]["teacher_labelling"] == record
+
+
+def test_bad_teacher_labelling_settings_are_refused_with_a_clear_message(corpus, gen_tokenizer, monkeypatch):
+    with pytest.raises(
+        ValueError, match=r"teacher_labelling must be one of \('auto', 'fp32', 'bf16', 'int8'\), got 'int4'"
+    ):
+        make_args(teacher_labelling="int4")
+    for bad in (1.01, -0.1):
+        with pytest.raises(ValueError, match=rf"min_labelling_agreement must be in \[0, 1\].*got {bad}"):
+            make_args(min_labelling_agreement=bad)
+    # INT8 without sentences to check it on, or without a folder for its files: refused before any generation.
+    teacher, teacher_tok, check = _labelling_setup(corpus)
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(teacher_labelling="int8"))
+    monkeypatch.setattr(augmenter, "generate_batch", lambda *a, **k: pytest.fail("generation started"))
+    for texts in (None, check):
+        with pytest.raises(
+            AugmentationError, match="teacher_labelling='int8' needs validation sentences .* output_dir"
+        ):
+            augmenter.augment(corpus, teacher=teacher, teacher_tokenizer=teacher_tok, labelling_texts=texts)
+
+
+def test_fp32_bf16_and_auto_labelling_forms_and_bf16_without_fast_bf16_is_used_as_asked_with_its_reason(
+    corpus, monkeypatch
+):
+    """As run.precision: bf16 set in the recipe on a CPU without fast bf16 is used, with a warning and the reason."""
+    import trainer_ext.labelling as labelling
+
+    teacher, teacher_tok, _ = _labelling_setup(corpus)
+    assert labelling.choose_labelling("auto", teacher, teacher_tok, auto_bf16=True).form == "bf16"
+    assert labelling.choose_labelling("auto", teacher, teacher_tok).form == "fp32"
+    assert labelling.choose_labelling("fp32", teacher, teacher_tok, auto_bf16=True).form == "fp32"
+    monkeypatch.setattr(
+        labelling, "bf16_support", lambda _device: (False, "CPU has no AMX or AVX512-BF16 (AVX2 only)")
+    )
+    choice = labelling.choose_labelling("bf16", teacher, teacher_tok)
+    assert choice.form == "bf16" and choice.fallback is None
+    assert (
+        choice.reason
+        == "set in the recipe, although CPU has no AMX or AVX512-BF16 (AVX2 only) (likely slower than fp32)"
+    )

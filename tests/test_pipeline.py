@@ -158,8 +158,15 @@ def test_every_stage_runs_and_results_hold_every_variant(finished_run):
     generated = load_from_disk(str(out / "augmentation" / "augmented"))
     assert transfer.select(range(160, len(transfer)))["teacher_logits"] == generated["teacher_logits"]
     # The precision of every stage that trains or runs a model, chosen on this machine and recorded.
-    assert set(results["precision"]) == {"teacher_fine_tuning", "student_training", "teacher_logits", "generator"}
+    stages = {"teacher_fine_tuning", "student_training", "teacher_logits", "generator", "transfer_labelling"}
+    assert set(results["precision"]) == stages
     assert all(p["precision"] in ("fp32", "bf16") and p["reason"] for p in results["precision"].values())
+    # teacher_labelling auto: the transfer set is labelled in the teacher_logits precision, and the stats say so.
+    labelling = results["precision"]["transfer_labelling"]
+    assert (
+        labelling["requested"] == "auto" and labelling["form"] == results["precision"]["teacher_logits"]["precision"]
+    )
+    assert augmentation["teacher_labelling"]["form"] == labelling["form"]
     folder = out / "student_distilled"
     assert (folder / "onnx" / "model_quantized.onnx").exists() and (folder / "compression_report.json").exists()
     card = ModelCard.load(folder / "README.md")
@@ -741,3 +748,45 @@ def test_the_teacher_can_be_fine_tuned_to_a_validation_plateau(tmp_path):
     assert "to a plateau on the validation split" in pipeline._describe_teacher()
     with pytest.raises(RecipeError, match="teacher_patience must be >= 1"):
         load_recipe(recipe, overrides={"run": {"teacher_patience": "0"}})
+
+
+def test_an_int8_labelling_teacher_labels_the_transfer_set_only_and_the_run_records_it(tmp_path):
+    """augmentation.teacher_labelling int8: checked on the eval split, its INT8 files under augmentation/, the transfer
+    set labelled by it, the decision in the augmentation statistics and precision.json (so results.json, the summary
+    and the card); the original sentences' logits keep the teacher_logits precision. Both fields key the stage."""
+    from trainer_ext.benchmark import ClassifierRunner
+    from trainer_ext.pipeline import summary_table
+
+    assets = write_assets(tmp_path)
+    overrides = {"augmentation": {"teacher_labelling": "int8"}}
+    pipeline = Pipeline(load_recipe(tiny_recipe(tmp_path, assets), overrides=overrides), lambda _m: 0)
+    pipeline.data = pipeline.stage_data()
+    pipeline.stage_teacher()
+    with pipeline.settings.reading("augmentation"):
+        pipeline.stage_augmentation()
+    reads = pipeline.settings.reads["augmentation"]
+    assert {"augmentation.teacher_labelling", "augmentation.min_labelling_agreement"} <= reads
+    out = tmp_path / "out"
+    precision = json.loads((out / "precision.json").read_text())
+    record = precision["transfer_labelling"]
+    assert record["precision"] == record["form"] == "int8" and record["fallback"] is None
+    assert record["sentences"] == 40 and record["agreement"] >= 0.99
+    assert read_stats(out / "augmentation")["teacher_labelling"] == {
+        k: v for k, v in record.items() if k not in ("stage", "precision")
+    }
+    assert precision["teacher_logits"]["precision"] in ("fp32", "bf16")
+    int8 = out / "augmentation" / "teacher_int8" / "model_quantized.onnx"
+    generated = load_from_disk(str(out / "augmentation" / "augmented"))
+    teacher, tokenizer = pipeline._teacher()
+    expected = ClassifierRunner(int8, tokenizer).logits(list(generated["text"]), max_length=64)
+    assert np.allclose(np.asarray(generated["teacher_logits"]), expected, atol=1e-5)
+    # The original sentences are labelled by the PyTorch teacher, in the teacher_logits precision.
+    original = np.asarray(pipeline._original_with_logits(teacher, tokenizer)["teacher_logits"])
+    with torch.no_grad():
+        inputs = tokenizer(list(pipeline.data["train"]["text"][:4]), padding=True, return_tensors="pt")
+        direct = teacher.eval()(**inputs).logits.numpy()
+    assert np.allclose(original[:4], direct, atol=1e-2 if precision["teacher_logits"]["precision"] == "bf16" else 1e-5)
+    assert "transfer_labelling int8" in summary_table({"variants": {}, "precision": precision})
+    fallback = {**record, "form": "fp32", "precision": "fp32", "fallback": "the INT8 teacher agreed ... instead"}
+    summary = summary_table({"variants": {}, "precision": {"transfer_labelling": fallback}})
+    assert "transfer labelling: the INT8 teacher agreed ... instead" in summary

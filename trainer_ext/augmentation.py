@@ -39,6 +39,7 @@ from .assets import cache_dir
 from .data import load_unlabeled_texts
 from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
+from .labelling import INT8_LABELLER_DIR, LABELLING_FORMS, LabellingChoice, choose_labelling, int8_teacher_logits
 from .precision import training_precision_kwargs
 from .teacher import compute_teacher_logits
 
@@ -117,6 +118,24 @@ class AugmentationArguments:
     require_label_agreement: bool = field(
         default=False, metadata={"help": "Keep only samples the teacher labels with their prompt label."}
     )
+    teacher_labelling: str = field(
+        default="auto",
+        metadata={
+            "help": "The teacher's form that labels the transfer set: 'auto' (bf16 autocast where it measured faster "
+            "for the teacher's logits, else FP32), 'fp32', 'bf16', or 'int8': the teacher exported to ONNX and "
+            "dynamically quantized, used only when its labels agree with FP32's on at least min_labelling_agreement "
+            "of the validation sentences (else the 'auto' form, with the reason recorded). The original and "
+            "validation sentences' logits keep the faithful form.",
+            "choices": list(LABELLING_FORMS),
+        },
+    )
+    min_labelling_agreement: float = field(
+        default=0.99,
+        metadata={
+            "help": "Share of the validation sentences on which the INT8 teacher's label must be FP32's for "
+            "teacher_labelling 'int8' to label the transfer set."
+        },
+    )
     unlabeled_texts: str | None = field(
         default=None,
         metadata={
@@ -159,6 +178,13 @@ class AugmentationArguments:
             raise ValueError(f"max_transfer_samples must be >= 1, got {self.max_transfer_samples}.")
         if self.max_attempts_factor < 1:
             raise ValueError(f"max_attempts_factor must be >= 1, got {self.max_attempts_factor}.")
+        if self.teacher_labelling not in LABELLING_FORMS:
+            raise ValueError(f"teacher_labelling must be one of {LABELLING_FORMS}, got {self.teacher_labelling!r}.")
+        if not 0 <= self.min_labelling_agreement <= 1:
+            raise ValueError(
+                f"min_labelling_agreement must be in [0, 1] (a share of the validation sentences), got "
+                f"{self.min_labelling_agreement}."
+            )
 
 
 def _digest(value: Any) -> str:
@@ -325,6 +351,7 @@ class TextGenerationAugmenter:
         self.tokenizer = tokenizer
         self.stats: dict[str, Any] = {}
         self._generator_bf16 = self._teacher_bf16 = False  # set per call of augment()
+        self.labelling: LabellingChoice | None = None  # the teacher's labelling form, chosen per call of augment()
 
     # ------------------------------------------------------------------------------------------- conditioning
     def format_example(self, label_name: str, text: str) -> str:
@@ -505,11 +532,14 @@ class TextGenerationAugmenter:
         *,
         generator_bf16: bool = False,
         teacher_bf16: bool = False,
+        labelling_texts: Sequence[str] | None = None,
     ) -> Dataset:
         """Fine-tune (optionally), generate per label, filter, relabel with the teacher; return the kept samples.
 
         `generator_bf16` / `teacher_bf16` run the generator's fine-tuning and sampling / the teacher's labelling under
-        bf16 autocast (the pipeline decides by measurement, `precision.choose_precision`).
+        bf16 autocast (the pipeline decides by measurement, `precision.choose_precision`). `args.teacher_labelling`
+        may choose another labelling form (`labelling.choose_labelling`), before any generation: 'int8' is checked
+        against FP32 on `labelling_texts` (validation sentences) and its ONNX files go to `output_dir/teacher_int8`.
 
         Under `torchrun` / `accelerate launch` the generator fine-tunes data-parallel, each process samples its share
         of `num_samples` with its own seed (shards in `output_dir/shards/process_<rank>`), the shares are gathered
@@ -528,12 +558,31 @@ class TextGenerationAugmenter:
             raise AugmentationError("The training data is empty: there is nothing to learn to generate from.")
         if teacher is not None and teacher_tokenizer is None:
             raise AugmentationError("Pass teacher_tokenizer= with the teacher: it relabels raw generated text.")
+        if teacher is not None and args.teacher_labelling == "int8" and not (labelling_texts and args.output_dir):
+            raise AugmentationError(
+                "teacher_labelling='int8' needs validation sentences to check the INT8 teacher's labels against "
+                "FP32's (labelling_texts=, which the pipeline and DistillationTrainer fill from the eval split) and "
+                "an output_dir for its ONNX files. Pass both, or set teacher_labelling to 'auto'."
+            )
         if args.unlabeled_texts and teacher is None:
             raise AugmentationError("unlabeled_texts needs a teacher: it is what labels the unlabelled sentences.")
         # Read before any long work, so a bad source fails first.
         unlabeled = (
             load_unlabeled_texts(args.unlabeled_texts, args.unlabeled_text_column) if args.unlabeled_texts else []
         )
+        # The labelling form too: an INT8 teacher that does not agree falls back now, not after generation.
+        self.labelling = None
+        if teacher is not None:
+            self.labelling = choose_labelling(
+                args.teacher_labelling,
+                teacher,
+                teacher_tokenizer,
+                auto_bf16=teacher_bf16,
+                check_texts=list(labelling_texts or []),
+                min_agreement=args.min_labelling_agreement,
+                max_length=args.max_length,
+                folder=Path(args.output_dir) / INT8_LABELLER_DIR if args.output_dir else None,
+            )
         feature = train_dataset.features[label_column]
         label_names = (
             list(feature.names)
@@ -783,16 +832,24 @@ class TextGenerationAugmenter:
                     f"{num_labels} ({label_names})."
                 )
             cache_dir = Path(args.output_dir) / "_teacher_logits" if args.output_dir else None
-            logits = compute_teacher_logits(
-                teacher,
-                dataset,
-                teacher_tokenizer=teacher_tokenizer,
-                text_column="text",
-                max_length=args.max_length,  # the length the student trains at: the same logits the trainer would get
-                bf16=self._teacher_bf16,
-                cache_dir=cache_dir,
-            )
+            start = time.perf_counter()
+            if self.labelling is not None and self.labelling.form == "int8":
+                logits = int8_teacher_logits(
+                    self.labelling, teacher_tokenizer, dataset, max_length=args.max_length, cache_dir=cache_dir
+                )
+            else:
+                logits = compute_teacher_logits(
+                    teacher,
+                    dataset,
+                    teacher_tokenizer=teacher_tokenizer,
+                    text_column="text",
+                    max_length=args.max_length,  # the length the student trains at: the logits the trainer would get
+                    bf16=self.labelling.bf16 if self.labelling is not None else self._teacher_bf16,
+                    cache_dir=cache_dir,
+                )
+            stats["labelling_seconds"] = time.perf_counter() - start
             labels = logits.argmax(-1).tolist()
+        stats["teacher_labelling"] = self.labelling.to_dict() if teacher is not None and self.labelling else None
         dataset = dataset.add_column("teacher_logits", [row.tolist() for row in logits])
         dataset = dataset.add_column("label", labels)
         dataset = dataset.cast_column("label", ClassLabel(names=label_names))
@@ -914,11 +971,21 @@ def augment_training_data(
     label_column: str = "label",
     tokenizer: PreTrainedTokenizerBase | None = None,
     logits_column: str = "teacher_logits",
+    labelling_texts: Sequence[str] | None = None,
 ) -> tuple[Dataset, dict[str, Any]]:
     """Generate with `args`, relabel with the teacher, and return the training data with the generated rows appended
-    (`merge_with_original`) and the augmentation statistics."""
+    (`merge_with_original`) and the augmentation statistics. `labelling_texts`: the validation sentences an INT8
+    labelling teacher is checked on (`args.teacher_labelling`)."""
     augmenter = TextGenerationAugmenter(args.generator_name_or_path, args=args)
-    generated = augmenter.augment(train_dataset, teacher, teacher_tokenizer, exclude_texts, text_column, label_column)
+    generated = augmenter.augment(
+        train_dataset,
+        teacher,
+        teacher_tokenizer,
+        exclude_texts,
+        text_column,
+        label_column,
+        labelling_texts=labelling_texts,
+    )
     merged = merge_with_original(
         train_dataset,
         generated,

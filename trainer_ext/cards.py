@@ -208,6 +208,9 @@ def _provenance(results: Results) -> list[str]:
     if results.precision:
         chosen = ", ".join(f"{md(k)} {md(v.get('precision'))}" for k, v in results.precision.items())
         lines.append(f"Precision per stage (detected and measured on the training machine): {chosen}.")
+        labelling = results.precision.get("transfer_labelling") or {}
+        if labelling.get("requested") == "int8":  # opt-in: say whether the INT8 teacher labelled, and why
+            lines.append(f"Transfer-set labelling ({md(labelling.get('precision'))}): {md(labelling.get('reason'))}.")
     if results.stages:
         stages = ", ".join(f"{md(k)} {v:.0f} s" for k, v in results.stages.items() if _is_number(v))
         lines.append(f"Stage durations: {stages}.")

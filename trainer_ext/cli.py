@@ -80,7 +80,11 @@ def _augment(argv: list[str]) -> int:
     augmenter = TextGenerationAugmenter(aug.generator_name_or_path, args=aug)
     exclude = [t for split in ("validation", "test") if split in data for t in data[split]["text"]]
     generated = augmenter.augment(
-        data["train"], teacher=teacher, teacher_tokenizer=teacher_tokenizer, exclude_texts=exclude
+        data["train"],
+        teacher=teacher,
+        teacher_tokenizer=teacher_tokenizer,
+        exclude_texts=exclude,
+        labelling_texts=data["validation"]["text"] if "validation" in data else None,
     )
     result = merge_with_original(data["train"], generated) if inputs.include_original else generated
     path = f"{aug.output_dir}/augmented"

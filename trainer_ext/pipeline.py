@@ -104,6 +104,7 @@ STAGES = (
 )
 STAGE_DIR = "stages"
 PRECISION_FILE = "precision.json"
+TRANSFER_LABELLING = "transfer_labelling"  # precision.json: the form that labelled the transfer set (`labelling`)
 LOGITS_FILE = "teacher_logits.npy"  # the original training sentences' teacher logits, under distillation_data/
 CANDIDATES_DIR = "candidates"  # selection: per candidate, a folder (model, onnx/, report) and <name>.json (figures)
 SELECTION_FILE = "selection.json"  # selection: every candidate's record and the one shipped
@@ -946,9 +947,20 @@ class Pipeline:
         # of timing their precision, which a resumed run skips.
         augmenter.model.to(self.device)
         teacher.to(self.device)
-        generated = augmenter.augment(self.data["train"], teacher, teacher_tokenizer, exclude, **precision)
+        # The transfer set may be labelled in another form (augmentation.teacher_labelling), chosen before generation;
+        # the original and eval sentences' logits keep the teacher_logits precision.
+        check = list(self.data[self.args.eval_split]["text"])
+        generated = augmenter.augment(
+            self.data["train"], teacher, teacher_tokenizer, exclude, labelling_texts=check, **precision
+        )
         if self.is_main:
             write_atomic(aug_dir / "augmented", partial(Dataset.save_to_disk, generated))
+        labelling = augmenter.stats.get("teacher_labelling")
+        if labelling:  # beside every stage's precision, so results.json and the card show it
+            recorded = self._recorded_precisions()
+            recorded[TRANSFER_LABELLING] = {"stage": TRANSFER_LABELLING, "precision": labelling["form"], **labelling}
+            if self.is_main:
+                write_json(self.out / PRECISION_FILE, recorded)
 
     # ------------------------------------------------------------------------------------------- distillation
     def stage_distillation_original(self) -> None:
@@ -1397,6 +1409,9 @@ def summary_table(results: dict[str, Any]) -> str:
             lines.append(f"NOTE: {results['guard']['teacher_note']}")
     if results.get("precision"):
         lines.append("precision: " + ", ".join(f"{k} {v['precision']}" for k, v in results["precision"].items()))
+        fallback = (results["precision"].get(TRANSFER_LABELLING) or {}).get("fallback")
+        if fallback:
+            lines.append(f"transfer labelling: {fallback}")
     if results.get("stages"):
         lines.append("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in results["stages"].items()))
     return "\n".join(lines)

@@ -336,6 +336,45 @@ def quantize_model(
     return report
 
 
+def dynamic_int8(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    optimization_level: int = 2,
+    per_channel: bool = True,
+) -> tuple[Path, str]:
+    """`model_dir` exported to ONNX and dynamically quantized to INT8, one configuration and no search: the search's
+    `optimized_o<level>_dynamic_<granularity>` candidate, which it picked for the MPNet teacher (3x faster than the
+    exported graph's dynamic INT8, and 2 points more accurate per channel than per tensor). For an INT8 model whose
+    fitness is checked another way (the labelling teacher's agreement with FP32, `labelling`). A graph optimisation
+    that fails falls back to the exported graph, as in the search.
+
+    Writes `output_dir` (model_quantized.onnx, its ort_config.json, the config) atomically; returns the INT8 file and
+    the configuration's name.
+    """
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    args = QuantizationArguments(approach="dynamic", per_channel=per_channel)
+    granularity = "per_channel" if per_channel else "per_tensor"
+    with tempfile.TemporaryDirectory(prefix=".onnx-", dir=output_dir.parent) as tmp, atomic_path(output_dir) as staged:
+        work = Path(tmp)
+        export_dir = work / "export"
+        export_onnx(model_dir, export_dir)
+        optimized = _optimize(export_dir, work / "optimized", optimization_level) if optimization_level else None
+        candidate = {"static": False, "per_channel": per_channel, "calibration": None}
+        if optimized is not None:
+            candidate |= {"name": f"optimized_o{optimization_level}_dynamic_{granularity}"}
+            candidate["graph_level"] = str(optimization_level)
+            _build_optimized_dynamic(candidate, optimized, work, args)
+        else:
+            candidate["name"] = f"dynamic_{granularity}"
+            _build_candidate(candidate, export_dir, work, args, lambda: None, {})
+        shutil.copytree(export_dir, staged, ignore=shutil.ignore_patterns("*.onnx"))
+        shutil.copy2(work / candidate["file"], staged / INT8_FILE)
+        shutil.copy2(work / _ort_config_file(candidate["name"]), staged / ORT_CONFIG_FILE)
+    return output_dir / INT8_FILE, candidate["name"]
+
+
 def _search(
     model_or_dir,
     tokenizer,

@@ -362,11 +362,12 @@ class DistillationTrainer(Trainer):
         """Append generated, teacher-relabelled examples (their teacher logits included) to the training data."""
         self.prepare_teacher_logits()  # the original rows' logits first; generated rows bring their own
         text_column = self.distillation_args.teacher_text_column
-        exclude = list(self.augmentation_exclude_texts)
+        eval_texts = []  # never generated, and what an INT8 labelling teacher is checked on
         eval_sets = self.eval_dataset.values() if isinstance(self.eval_dataset, dict) else [self.eval_dataset]
         for split in eval_sets:
             if split is not None and text_column in (getattr(split, "column_names", None) or []):
-                exclude.extend(split[text_column])
+                eval_texts.extend(split[text_column])
+        exclude = list(self.augmentation_exclude_texts) + eval_texts
         args = self.augmentation_args
         if args.output_dir is None:  # resumable by default, like the teacher-logit cache
             args = replace(args, output_dir=os.path.join(self.args.output_dir, AUGMENTATION_DIR))
@@ -381,6 +382,7 @@ class DistillationTrainer(Trainer):
             label_column=_label_column(self.train_dataset),
             tokenizer=self.processing_class,
             logits_column=self.logits_column,
+            labelling_texts=eval_texts,
         )
         logger.warning(
             f"Training on {original} original + {len(self.train_dataset) - original} generated examples "
