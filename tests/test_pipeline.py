@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -790,3 +791,48 @@ def test_an_int8_labelling_teacher_labels_the_transfer_set_only_and_the_run_reco
     fallback = {**record, "form": "fp32", "precision": "fp32", "fallback": "the INT8 teacher agreed ... instead"}
     summary = summary_table({"variants": {}, "precision": {"transfer_labelling": fallback}})
     assert "transfer labelling: the INT8 teacher agreed ... instead" in summary
+
+
+def test_a_setting_added_since_a_stage_ran_is_reused_at_its_default_and_refused_when_set(finished_run):
+    """A stage's key covers the settings it read; a setting added to trainer-ext later is in no old key. The marker
+    keeps the fields its version had, so a later run that sets a new one away from its default is refused (it would
+    reuse an output made without it, silently), and one that leaves it at its default reuses the stage."""
+    root, recipe_path, _, _ = finished_run
+    marker = root / "out" / "stages" / "augmentation.json"
+    before = marker.read_text()
+    done = json.loads(before)
+    new = "run.student_init_samples"  # a setting of a section the stage reads, as if this version had not had it yet
+    assert new in done["known"] and new not in done["reads"]
+    done["known"].remove(new)
+    try:
+        marker.write_text(json.dumps(done))
+        again = Pipeline(load_recipe(recipe_path), progress=lambda _m: None)
+        again.run()
+        assert again.stage_status["augmentation"] == "reused"
+        default = load_recipe(recipe_path).run.student_init_samples
+        with pytest.raises(
+            PipelineError,
+            match=f"Stage 'augmentation' .* had no run.student_init_samples setting \\(now {default + 1}\\)",
+        ):
+            overrides = {"run": {"student_init_samples": str(default + 1)}}
+            Pipeline(load_recipe(recipe_path, overrides=overrides), progress=lambda _m: None).run()
+    finally:
+        marker.write_text(before)
+
+
+def test_an_interrupt_right_after_a_stage_says_it_is_running_names_that_stage(finished_run, tmp_path):
+    """The CLI names the stage an interrupt stopped. A signal that came just after the "[stage] running" line (the
+    moment a user sees it) was raised before the stage's try and named no stage ("before the first stage")."""
+    from trainer_ext.runs import RunInterrupted
+
+    _, recipe_path, _, _ = finished_run
+
+    def interrupt_on_start(message: str) -> None:
+        if message.endswith("] running"):
+            raise RunInterrupted(signal.SIGTERM)
+
+    recipe = load_recipe(recipe_path, overrides={"run": {"output_dir": str(tmp_path / "o")}})
+    with pytest.raises(RunInterrupted) as raised:
+        Pipeline(recipe, progress=interrupt_on_start).run()
+    assert raised.value.stage == "data"
+    assert not (tmp_path / "o" / "stages" / "data.json").exists()

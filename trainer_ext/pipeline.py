@@ -80,7 +80,16 @@ from .precision import PrecisionChoice, choose_precision, training_precision_kwa
 from .quantization import INT8_FILE, ONNX_SUBFOLDER, OPENVINO_SUBFOLDER, REPORT_FILE, quantize_model
 from .recipe import Recipe
 from .results import INT8_VARIANT, RESULTS_FILE, Results, latency_warnings, measure
-from .runs import OutputFolderLocked, OutputLock, RecordedRecipe, RunInterrupted, SettingsLog, setting_value
+from .runs import (
+    OutputFolderLocked,
+    OutputLock,
+    RecordedRecipe,
+    RunInterrupted,
+    SettingsLog,
+    recipe_fields,
+    setting_value,
+    settings_added_since,
+)
 from .selection import Budget, guard, int8_figures, pick, teacher_note
 from .students import STUDENT_PRESETS, build_student, calibration_batches, pretrained_student, teacher_layers
 from .teacher import compute_teacher_logits
@@ -489,6 +498,22 @@ class Pipeline:
             done = json.loads(marker.read_text())
             current = {setting: setting_value(self.recipe.unwrapped, setting) for setting in done.get("settings", {})}
             key = _hash([current, extra, upstream])
+            added = (
+                settings_added_since(
+                    self.recipe.unwrapped,
+                    done.get("known", []),
+                    {read.split(".")[0] for read in done.get("reads", [])},
+                )
+                if "known" in done
+                else {}
+            )
+            if added:
+                raise PipelineError(
+                    f"Stage {name!r} in {self.out} was finished by an earlier trainer-ext that had no "
+                    + ", ".join(f"{setting} setting (now {json.dumps(value)})" for setting, value in added.items())
+                    + ": it ran as the default does, so its output would not match. Use a new run.output_dir, or "
+                    f"delete {marker} (and the markers of the stages that read its output) to redo it."
+                )
             if done.get("key") == key and "reads" in done:
                 self.keys[name] = key
                 self.stage_seconds[name] = done["seconds"]
@@ -500,9 +525,10 @@ class Pipeline:
                 f"Use a new run.output_dir, or delete {marker} (and the markers of the stages that read its output) "
                 "to redo it; finished outputs are never overwritten silently."
             )
-        self.progress(f"[{name}] running")
         start = time.perf_counter()
         try:
+            # Said inside the try: a signal that comes right after the line was seen still names this stage.
+            self.progress(f"[{name}] running")
             with self.settings.reading(name):
                 result = fn()
         except RunInterrupted as interrupt:
@@ -517,6 +543,7 @@ class Pipeline:
         self.barrier()
         if self.is_main:
             record = {"key": key, "seconds": seconds, "reads": reads, "settings": settings, "extra": extra}
+            record["known"] = recipe_fields(self.recipe.unwrapped)  # what a later version's new settings are told by
             write_json(marker, record | {"inputs": upstream, "finished": time.time()})
         self.barrier()
         self.stage_seconds[name] = seconds

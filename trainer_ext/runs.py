@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields, is_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,39 @@ def setting_value(recipe: Any, name: str) -> Any:
     if is_dataclass(value):
         value = {f: getattr(value, f) for f in init_fields(value)}
     return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def recipe_fields(recipe: Any) -> list[str]:
+    """Every `section.field` this trainer-ext's recipes have: a stage marker keeps the list, so a later version can
+    tell the settings that were added since the stage ran."""
+    return sorted(f"{section}.{name}" for section in SECTIONS for name in init_fields(getattr(recipe, section)))
+
+
+def settings_added_since(recipe: Any, known: list[str], sections: set[str]) -> dict[str, Any]:
+    """The settings of `sections` that did not exist when a stage ran (not in its marker's `known`) and that this
+    recipe sets away from their default, with their values.
+
+    A stage's key covers the settings it read, so a setting added to trainer-ext later is in no old key. The stage
+    behaved as that setting's default does (a new setting defaults to the old behaviour), so only a value away from
+    the default makes its output stale: then the stage must not be reused silently.
+    """
+    added = {}
+    for section in sorted(sections & set(SECTIONS)):
+        for f in fields(getattr(recipe, section)):
+            name = f"{section}.{f.name}"
+            if not f.init or name in known or name in OUTPUT_NEUTRAL:
+                continue
+            value = setting_value(recipe, name)
+            if f.default is not MISSING:
+                default = f.default
+            elif f.default_factory is not MISSING:
+                default = f.default_factory()
+            else:
+                added[name] = value
+                continue
+            if value != json.loads(json.dumps(default, sort_keys=True, default=str)):
+                added[name] = value
+    return added
 
 
 class SettingsLog:
