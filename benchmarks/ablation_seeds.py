@@ -22,7 +22,9 @@ issue 22:
   autocast where the CPU has it, else FP32), cached in `ablation_seeds/transfer_N`.
 - `--set FIELD=VALUE`: a student_training setting changed for every row (e.g. `--set distillation_loss=mse
   distillation_weight=1.0`, the reference's objective); `--bf16` trains under bf16 autocast as the pipeline does on
-  a bf16 CPU. The teacher is not needed: its logits are columns of the saved data.
+  a bf16 CPU. The teacher's logits are columns of the saved data, so it is not loaded, except for the objectives that
+  read its hidden states on every batch (`pooled_distillation_weight`, `hidden_distillation_weight` > 0): the
+  distilled rows then load the run's teacher (`run_dir/teacher`) and its tokenizer, as the pipeline does.
 
     python benchmarks/ablation_seeds.py outputs/rotten_tomatoes_offline --seeds 1 2 3
     python benchmarks/ablation_seeds.py RUN_DIR --rows no_distillation distilled_original --json out.json
@@ -30,6 +32,7 @@ issue 22:
     python benchmarks/ablation_seeds.py RUN_DIR --seeds 42 --rows distilled_transfer --transfer-size 50000 --bf16
     python benchmarks/ablation_seeds.py RUN_DIR --rows distilled_transfer --set distillation_loss=mse \
         distillation_weight=1.0 --bf16
+    python benchmarks/ablation_seeds.py RUN_DIR --rows distilled_transfer --set pooled_distillation_weight=1.0
 
 It prints one line per row (mean ± standard deviation over seeds, and each seed), the device, the CPU and the
 versions, and writes the same as JSON with `--json`.
@@ -195,10 +198,17 @@ def train_row(
             "seed": seed,
             "use_cpu": not torch.cuda.is_available(),
             "disable_tqdm": True,
+            "teacher_max_length": max_length,  # used only when the teacher runs (below), as in the pipeline
             **(overrides or {}),
             **training_precision_kwargs("bf16" if bf16 else "fp32"),
         },
     )
+    teacher = teacher_tokenizer = None
+    if row != "no_distillation" and (args.pooled_distillation_weight > 0 or args.hidden_distillation_weight > 0):
+        # These terms read the teacher's hidden states, which no saved column holds: it runs on every batch (reading
+        # the raw text with its own tokenizer when that differs), at the run's length, as in the pipeline.
+        teacher = AutoModelForSequenceClassification.from_pretrained(run_dir / "teacher", dtype=torch.float32)
+        teacher_tokenizer = AutoTokenizer.from_pretrained(run_dir / "teacher")
     start = time.perf_counter()
     trainer = DistillationTrainer(
         model=model,
@@ -206,6 +216,8 @@ def train_row(
         train_dataset=train,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
+        teacher_model=teacher,
+        teacher_tokenizer=teacher_tokenizer,
     )
     trainer.train()
     seconds = time.perf_counter() - start

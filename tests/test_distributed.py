@@ -33,6 +33,8 @@ def test_torchrun_two_processes_share_the_teacher_work(tmp_path):
     assert [r["global_step"] for r in ranks] == [14, 14]
     # The hidden-state projection lives outside DDP; its gradients are averaged by hand, so the ranks agree.
     assert ranks[0]["projection_sum"] == pytest.approx(ranks[1]["projection_sum"], abs=1e-6)
+    # The pooled projection is fitted to each rank's first batch: rank 0's fit is broadcast, so they agree too.
+    assert ranks[0]["pooled_projection_sum"] == pytest.approx(ranks[1]["pooled_projection_sum"], abs=1e-6)
 
     # Every rank ends with the full logits, equal to a single-process computation.
     tokenizer = train_wordpiece_tokenizer(make_sentences(400, seed=1)[0])

@@ -9,6 +9,8 @@ from trainer_ext.losses import (
     hidden_state_mse_loss,
     kl_divergence_loss,
     logit_mse_loss,
+    mean_pool,
+    pooled_mse_loss,
     soft_cross_entropy_loss,
 )
 
@@ -91,3 +93,23 @@ def test_hidden_state_mse_ignores_padding():
     assert hidden_state_mse_loss(student, teacher).item() > 1000
     with pytest.raises(ValueError, match="Project"):
         hidden_state_mse_loss(torch.zeros(1, 4, 2), torch.zeros(1, 4, 3))
+
+
+def test_pooled_loss_ignores_padding_and_has_known_values():
+    torch.manual_seed(0)
+    sentence = torch.randn(1, 5, 4)  # one sentence's token states
+    padded = torch.cat([sentence, 100 * torch.randn(1, 3, 4)], dim=1)  # the same, padded to 8 with garbage states
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]])
+    assert torch.allclose(mean_pool(padded, mask), mean_pool(sentence, torch.ones(1, 5)), atol=1e-6)
+    assert torch.allclose(mean_pool(padded, mask), sentence.mean(dim=1), atol=1e-6)
+    assert torch.allclose(mean_pool(sentence), sentence.mean(dim=1))
+    assert mean_pool(padded, mask).shape == (1, 4)
+
+    pooled = mean_pool(padded, mask)
+    assert pooled_mse_loss(pooled, mean_pool(sentence)).item() == pytest.approx(0.0, abs=1e-10)
+    student = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    teacher = torch.tensor([[1.0, 0.0], [3.0, 1.0]])
+    assert pooled_mse_loss(student, teacher, reduction="none").tolist() == [2.0, 5.0]  # (0 + 4) / 2, (9 + 1) / 2
+    assert pooled_mse_loss(student, teacher).item() == 3.5
+    with pytest.raises(ValueError, match="Project the student's"):
+        pooled_mse_loss(torch.zeros(2, 3), torch.zeros(2, 4))

@@ -8,7 +8,8 @@ from datasets import Dataset
 from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from trainer_ext.trainer import PROJECTION_FILE, DistillationError, DistillationTrainer
+from trainer_ext.losses import mean_pool
+from trainer_ext.trainer import POOLED_PROJECTION_FILE, PROJECTION_FILE, DistillationError, DistillationTrainer
 
 
 class TeacherCallCounter:
@@ -243,6 +244,7 @@ def test_bad_datasets_are_rejected_before_training(tmp_path, tokenizer, data, te
         ({"distillation_weight": 1.5}, r"\[0.0, 1.0\]"),
         ({"temperature": 0}, "temperature"),
         ({"hidden_layer_map": "1-2"}, "not JSON"),
+        ({"pooled_distillation_weight": -1.0}, "pooled_distillation_weight must be >= 0"),
     ],
 )
 def test_arguments_validate(tmp_path, kwargs, match):
@@ -444,6 +446,107 @@ def test_hidden_distillation_trains_a_projection_that_is_never_saved(tmp_path, t
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 12
     assert not torch.equal(resumed.hidden_projection.weight.detach(), saved_projection["weight"])
+
+
+def _pooled_gap(student, projection, teacher, texts, student_tokenizer, teacher_tokenizer) -> float:
+    """The pooled term on `texts`: MSE between the projected mean-pooled student and the mean-pooled teacher."""
+    student_batch = student_tokenizer(texts, padding=True, return_tensors="pt")
+    teacher_batch = teacher_tokenizer(texts, padding=True, return_tensors="pt")
+    student.eval()
+    with torch.no_grad():
+        s = mean_pool(
+            student(**student_batch, output_hidden_states=True).hidden_states[-1], student_batch.attention_mask
+        )
+        t = mean_pool(
+            teacher(**teacher_batch, output_hidden_states=True).hidden_states[-1], teacher_batch.attention_mask
+        )
+        gap = torch.mean((projection(s) - t) ** 2).item()
+    student.train()
+    return gap
+
+
+@pytest.mark.parametrize("own_tokenizer", [True, False])
+def test_pooled_distillation_across_tokenizers_trains_a_projection_that_is_never_saved(
+    tmp_path, tokenizer, data, own_tokenizer
+):
+    """The MPNet-teacher / MiniLM-student case in small: different widths (48 vs 32), depths and vocabularies."""
+    teacher_tokenizer = train_wordpiece_tokenizer(make_sentences(300, seed=9)[0], vocab_size=120)
+    if own_tokenizer:
+        assert len(teacher_tokenizer) < len(tokenizer)  # the student's ids would overflow the teacher's embeddings
+    else:
+        teacher_tokenizer = tokenizer
+    teacher = make_bert(teacher_tokenizer, hidden_size=48, num_hidden_layers=3, seed=4)
+    student = make_bert(tokenizer, seed=2)
+    fitted = {}
+
+    class AfterFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 1:
+                fitted["weight"] = trainer.pooled_projection.weight.detach().clone()
+                fitted["projection"] = torch.nn.Linear(32, 48)
+                fitted["projection"].load_state_dict(trainer.pooled_projection.state_dict())
+                fitted["student"] = make_bert(tokenizer, seed=2)
+                fitted["student"].load_state_dict(student.state_dict())
+
+    trainer = DistillationTrainer(
+        model=student,
+        args=args_for(
+            tmp_path, pooled_distillation_weight=1.0, num_train_epochs=4, save_strategy="steps", save_steps=6
+        ),
+        train_dataset=data,
+        eval_dataset=data,  # evaluation batches carry no teacher tokens and still work
+        processing_class=tokenizer,
+        callbacks=[AfterFirstStep()],
+        teacher_model=teacher,
+        teacher_tokenizer=teacher_tokenizer,
+    )
+    assert trainer.teacher_reads_text == own_tokenizer
+    assert trainer.hidden_projection is None and trainer.pooled_projection is not None
+    texts = list(data["text"])
+    trainer.train()
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logged) == 24 and all("pooled_loss" in e and "distill_loss" in e for e in logged)
+    assert trainer.evaluate()["eval_loss"] > 0
+    # The projection is trained (not only fitted) and the pooled term falls over training.
+    assert not torch.equal(fitted["weight"], trainer.pooled_projection.weight)
+    before = _pooled_gap(fitted["student"], fitted["projection"], teacher, texts, tokenizer, teacher_tokenizer)
+    after = _pooled_gap(student, trainer.pooled_projection, teacher, texts, tokenizer, teacher_tokenizer)
+    assert after < 0.8 * before, (before, after)
+
+    checkpoint = tmp_path / "out" / "checkpoint-6"
+    assert (checkpoint / POOLED_PROJECTION_FILE).exists() and not (checkpoint / PROJECTION_FILE).exists()
+    trainer.save_model(str(tmp_path / "final"))
+    from safetensors.torch import load_file
+
+    for folder in (tmp_path / "final", checkpoint):
+        saved = load_file(str(folder / "model.safetensors"))
+        assert set(saved) == set(student.state_dict())
+        assert not any("projection" in k for k in saved)
+
+    # Resuming restores the trained projection instead of fitting a new one.
+    resumed = DistillationTrainer(
+        model=make_bert(tokenizer, seed=2),
+        args=args_for(tmp_path, pooled_distillation_weight=1.0, max_steps=7),
+        train_dataset=data,
+        processing_class=tokenizer,
+        teacher_model=teacher,
+        teacher_tokenizer=teacher_tokenizer,
+    )
+    resumed._fit_pooled_projection = lambda *args: pytest.fail("a resumed run must not refit the projection")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state.global_step == 7
+
+
+@pytest.mark.parametrize("weight", ["pooled_distillation_weight", "hidden_distillation_weight"])
+def test_teacher_state_terms_without_a_teacher_model_are_refused(tmp_path, tokenizer, data, weight):
+    cached = data.add_column("teacher_logits", np.zeros((len(data), 2)).tolist())
+    with pytest.raises(DistillationError, match=rf"{weight}=1.0 .*pass `teacher_model=`"):
+        DistillationTrainer(
+            model=make_bert(tokenizer),
+            args=args_for(tmp_path, **{weight: 1.0}),
+            train_dataset=cached,
+            processing_class=tokenizer,
+        )
 
 
 def test_trainer_features_keep_working(tmp_path, tokenizer, data, teacher):

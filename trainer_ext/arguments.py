@@ -68,6 +68,17 @@ class DistillationTrainingArguments(TrainingArguments):
             "Needs the teacher online (hidden states are not cached) and the same tokenizer for both models."
         },
     )
+    pooled_distillation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of an extra MSE between the student's mean-pooled last hidden state (over real tokens), "
+            "through a learned linear projection to the teacher's width, and the teacher's (0 disables it). Unlike "
+            "hidden_distillation_weight, which matches token positions and so needs one tokenizer for both models, "
+            "it works across tokenizers (say an MPNet teacher and a MiniLM student). Needs the teacher online "
+            "(`teacher_model=`, plus `teacher_tokenizer=` when it tokenizes differently): cached logits hold no "
+            "hidden states."
+        },
+    )
     hidden_layer_map: dict[int, int] | str | None = field(
         default=None,
         metadata={
@@ -119,6 +130,8 @@ class DistillationTrainingArguments(TrainingArguments):
             raise ValueError(f"distillation_weight must be in [0.0, 1.0], got {self.distillation_weight}.")
         if self.hidden_distillation_weight < 0:
             raise ValueError(f"hidden_distillation_weight must be >= 0, got {self.hidden_distillation_weight}.")
+        if self.pooled_distillation_weight < 0:
+            raise ValueError(f"pooled_distillation_weight must be >= 0, got {self.pooled_distillation_weight}.")
         if self.teacher_max_length < 1:
             raise ValueError(f"teacher_max_length must be >= 1, got {self.teacher_max_length}.")
         # Parsed now, so a malformed map fails here and not at the first training step.

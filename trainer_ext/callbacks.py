@@ -154,7 +154,7 @@ class ModelCardCallback(TrainerCallback):
             models, self.eval_dataset, runs=self.latency_runs, sequence_length=self.sequence_length
         )
         model.train(was_training)
-        keys = DISTILLATION_SETTINGS + ("hidden_distillation_weight", "seed")
+        keys = DISTILLATION_SETTINGS + ("hidden_distillation_weight", "pooled_distillation_weight", "seed")
         self.results = Results(
             variants=variants,
             model_variant=student,

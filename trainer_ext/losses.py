@@ -20,6 +20,11 @@ def _reduce(per_example: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
 
 
+def _unit_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared error averaged over the last dimension (classes or hidden units), in float32."""
+    return (student.float() - teacher.float()).pow(2).mean(dim=-1)
+
+
 def _check_shapes(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -33,8 +38,7 @@ def logit_mse_loss(
 ) -> torch.Tensor:
     """Mean squared error between raw logits, averaged over classes (the reference study's loss)."""
     _check_shapes(student_logits, teacher_logits)
-    per_example = (student_logits.float() - teacher_logits.float()).pow(2).mean(dim=-1)
-    return _reduce(per_example, reduction)
+    return _reduce(_unit_mse(student_logits, teacher_logits), reduction)
 
 
 def kl_divergence_loss(
@@ -97,9 +101,36 @@ def hidden_state_mse_loss(
             f"Hidden states differ in shape: student {tuple(student_hidden.shape)}, teacher "
             f"{tuple(teacher_hidden.shape)}. Project the student's to the teacher's width first."
         )
-    squared = (student_hidden.float() - teacher_hidden.float()).pow(2).mean(dim=-1)  # (batch, seq)
+    squared = _unit_mse(student_hidden, teacher_hidden)  # (batch, seq)
     if attention_mask is None:
         attention_mask = torch.ones_like(squared)
     mask = attention_mask.to(squared.dtype)
     per_example = (squared * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1.0)
     return _reduce(per_example, reduction)
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention-mask-weighted mean over the sequence: (batch, seq, hidden) -> (batch, hidden), in float32.
+
+    The pooling sentence encoders (sentence-transformers' mean pooling) are trained with, so padding never counts.
+    """
+    hidden = hidden.float()
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def pooled_mse_loss(
+    student_pooled: torch.Tensor, teacher_pooled: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """MSE between (already projected) mean-pooled student and teacher states (`mean_pool`), averaged over units.
+
+    It compares one vector per sentence, so it needs no token alignment: the two models may tokenize differently.
+    """
+    if student_pooled.shape != teacher_pooled.shape:
+        raise ValueError(
+            f"Pooled states differ in shape: student {tuple(student_pooled.shape)}, teacher "
+            f"{tuple(teacher_pooled.shape)}. Project the student's to the teacher's width first."
+        )
+    return _reduce(_unit_mse(student_pooled, teacher_pooled), reduction)

@@ -153,6 +153,14 @@ def _run_teacher(
     return out
 
 
+def teacher_encode(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, **kwargs: Any
+) -> dict[str, Any]:
+    """The teacher's own tokens for raw text, truncated to `max_length`: one definition for every place the teacher
+    reads text itself (its cached logits, and the batches of a distillation that runs it on every step)."""
+    return tokenizer(list(texts), truncation=True, max_length=max_length, **kwargs)
+
+
 def compute_teacher_logits(
     teacher: PreTrainedModel,
     dataset: Any,
@@ -196,15 +204,8 @@ def compute_teacher_logits(
         text_dataset = [{"text": t} for t in texts]
 
         def collate_text(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-            return dict(
-                teacher_tokenizer(
-                    [r["text"] for r in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=max_length,
-                    return_tensors="pt",
-                )
-            )
+            texts = [r["text"] for r in rows]
+            return dict(teacher_encode(teacher_tokenizer, texts, max_length, padding=True, return_tensors="pt"))
 
         source, collate_fn = text_dataset, collate_text
         settings = {

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import broadcast
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
@@ -25,12 +26,19 @@ from transformers.utils import logging
 from .arguments import DistillationTrainingArguments
 from .augmentation import AUGMENTATION_DIR, AugmentationArguments, augment_training_data
 from .data import DataValidationError, validate_label_column
-from .losses import distillation_loss, hidden_state_mse_loss
-from .teacher import compute_teacher_logits
+from .losses import distillation_loss, hidden_state_mse_loss, mean_pool, pooled_mse_loss
+from .teacher import compute_teacher_logits, teacher_encode
 
 logger = logging.get_logger(__name__)
 
 PROJECTION_FILE = "distillation_projection.pt"
+POOLED_PROJECTION_FILE = "distillation_pooled_projection.pt"
+# The learned projections (trainer attribute -> checkpoint file): trained with the student, kept in checkpoints for
+# resume, never in the saved student.
+_PROJECTION_FILES = {"hidden_projection": PROJECTION_FILE, "pooled_projection": POOLED_PROJECTION_FILE}
+# Prefix of the training-data columns holding the teacher's own tokens (`teacher_input_ids`, ...), added when it reads
+# raw text with its own tokenizer and also runs on every batch (pooled distillation).
+TEACHER_INPUT_PREFIX = "teacher_"
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
 
 
@@ -100,21 +108,41 @@ def _check_dataset(dataset: Any, split: str, num_labels: int | None, logits_colu
 
 
 class TeacherLogitsCollator:
-    """Wraps any data collator: takes the teacher-logits column out before collating, then adds it back stacked.
+    """Wraps any data collator: takes the teacher's columns out before collating, then adds them back batched: the
+    teacher-logits column stacked and, when given, the teacher's own token columns padded by its tokenizer.
 
-    Collators such as `DataCollatorWithPadding` only know token columns; this keeps them unaware of distillation.
+    Collators such as `DataCollatorWithPadding` only know the student's token columns; this keeps them unaware of
+    distillation.
     """
 
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], column: str) -> None:
+    def __init__(
+        self,
+        collator: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        column: str,
+        teacher_tokenizer: PreTrainedTokenizerBase | None = None,
+        teacher_columns: dict[str, str] | None = None,
+    ) -> None:
         self.collator = collator
         self.column = column
+        self.teacher_tokenizer = teacher_tokenizer
+        self.teacher_columns = teacher_columns or {}  # column -> the teacher's input name
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        if not features or not isinstance(features[0], dict) or self.column not in features[0]:
+        if not features or not isinstance(features[0], dict):
             return self.collator(features)
-        logits = [f[self.column] for f in features]
-        batch = self.collator([{k: v for k, v in f.items() if k != self.column} for f in features])
-        batch[self.column] = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+        teacher_columns = [c for c in self.teacher_columns if c in features[0]]
+        own = set(teacher_columns) | ({self.column} & features[0].keys())
+        if not own:
+            return self.collator(features)
+        batch = self.collator([{k: v for k, v in f.items() if k not in own} for f in features])
+        if self.column in own:
+            batch[self.column] = torch.as_tensor(np.asarray([f[self.column] for f in features], dtype=np.float32))
+        if teacher_columns:
+            names = {c: self.teacher_columns[c] for c in teacher_columns}
+            padded = self.teacher_tokenizer.pad(
+                [{name: f[c] for c, name in names.items()} for f in features], return_tensors="pt"
+            )
+            batch.update({c: padded[name] for c, name in names.items()})
         return batch
 
 
@@ -127,13 +155,16 @@ class DistillationTrainer(Trainer):
 
         (1 - distillation_weight) * CE(student, labels) + distillation_weight * D(student, teacher)
         + hidden_distillation_weight * MSE(project(student hidden), teacher hidden)
+        + pooled_distillation_weight * MSE(project(mean_pool(student last hidden)), mean_pool(teacher last hidden))
 
-    where D is `args.distillation_loss`. Training data that already has a `teacher_logits` column needs no teacher.
+    where D is `args.distillation_loss`. Training data that already has a `teacher_logits` column needs no teacher
+    (the hidden-state and pooled terms do: they run it on every batch).
 
     Args (beyond `Trainer`'s):
         teacher_model: a sequence-classification model or a path/Hub id to load one from.
         teacher_tokenizer: the teacher's tokenizer when it differs from the student's; the teacher then reads the raw
-            `args.teacher_text_column` of the training data. Loaded from `teacher_model` when that is a path.
+            `args.teacher_text_column` of the training data (for the pooled term, tokenized once into `teacher_*`
+            columns before training). Loaded from `teacher_model` when that is a path.
         augmentation_args: run label-conditioned generation (`augmentation.augment_training_data`) at the start of
             `train()`: generated sentences are relabelled by the teacher and added to the training data before
             distillation. Its `output_dir` defaults to `<output_dir>/augmentation` (where `ModelCardCallback` finds
@@ -208,6 +239,10 @@ class DistillationTrainer(Trainer):
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self.hidden_projection: nn.Module | None = None
         self.hidden_layer_map: dict[int, int] | None = None
+        self.pooled_projection: nn.Module | None = None
+        self._pooled_projection_fitted = False
+        # The teacher's token columns (column -> its input name), when it reads text and runs on every batch.
+        self._teacher_input_columns: dict[str, str] = {}
         # The teacher reads raw text only when it tokenizes differently from the student.
         student_tokenizer = processing_class if isinstance(processing_class, PreTrainedTokenizerBase) else None
         self.teacher_reads_text = teacher_tokenizer is not None and not _same_vocabulary(
@@ -240,10 +275,24 @@ class DistillationTrainer(Trainer):
                 f"distillation_weight={dargs.distillation_weight} mixes in a hard-label loss, but the training data "
                 "has no 'label'/'labels' column. Add labels or set distillation_weight=1.0."
             )
+        online = {
+            name: weight
+            for name in ("hidden_distillation_weight", "pooled_distillation_weight")
+            if (weight := getattr(dargs, name)) > 0
+        }
+        if online and self.teacher_model is None:
+            settings = ", ".join(f"{name}={weight}" for name, weight in online.items())
+            raise DistillationError(
+                f"{settings} compares the teacher's hidden states, which cached teacher logits do not hold: pass "
+                "`teacher_model=` (and `teacher_tokenizer=` when it tokenizes differently from the student), or set "
+                f"{' and '.join(online)} to 0."
+            )
         if self.teacher_model is not None:
             self._setup_teacher()
-        # Collators only know model inputs; the logits column travels beside them.
-        self.data_collator = TeacherLogitsCollator(self.data_collator, self.logits_column)
+        # Collators only know model inputs; the logits (and the teacher's own tokens) travel beside them.
+        self.data_collator = TeacherLogitsCollator(
+            self.data_collator, self.logits_column, self.teacher_tokenizer, self._teacher_input_columns
+        )
 
     # ----------------------------------------------------------------------------------------------------- set-up
     def _setup_teacher(self) -> None:
@@ -270,10 +319,16 @@ class DistillationTrainer(Trainer):
             if dargs.hidden_distillation_weight > 0:
                 raise DistillationError(
                     "Hidden-state distillation aligns tokens, so teacher and student must share a tokenizer; set "
-                    "hidden_distillation_weight=0 or use a student built from the teacher (`build_student`)."
+                    "hidden_distillation_weight=0 (pooled_distillation_weight works across tokenizers) or use a "
+                    "student built from the teacher (`build_student`)."
                 )
+            if dargs.pooled_distillation_weight > 0:  # the teacher runs on every batch, on its own tokens
+                self._teacher_input_columns = {
+                    TEACHER_INPUT_PREFIX + name: name for name in self.teacher_tokenizer.model_input_names
+                }
             columns = getattr(self.train_dataset, "column_names", None)
-            if columns is not None and dargs.teacher_text_column not in columns and not self._teacher_logits_ready:
+            reads_text = not self._teacher_logits_ready or bool(self._teacher_input_columns)
+            if columns is not None and dargs.teacher_text_column not in columns and reads_text:
                 raise DistillationError(
                     f"The teacher has its own tokenizer and reads the raw text column {dargs.teacher_text_column!r}, "
                     f"but the training data has only {columns}. Keep the text column when tokenizing, or set "
@@ -285,6 +340,20 @@ class DistillationTrainer(Trainer):
         self.teacher_model = teacher = self.accelerator.prepare_model(teacher, evaluation_mode=True)
         if dargs.hidden_distillation_weight > 0:
             self._setup_hidden_projection()
+        if dargs.pooled_distillation_weight > 0:
+            # Always a learned map, even at equal widths: two separately trained encoders use different bases. It is
+            # fitted to the first training batch (`_fit_pooled_projection`), the first data it can see.
+            self.pooled_projection = self._new_projection()
+
+    def _new_projection(self, init: Callable[[nn.Linear], None] | None = None) -> nn.Module:
+        """A learned student-to-teacher width projection. It is trained with the student but is not part of it, so
+        `save_model` never writes it into the student's weights (checkpoints keep it, see `_PROJECTION_FILES`)."""
+        projection = nn.Linear(self.model.config.hidden_size, self.teacher_model.config.hidden_size)
+        if init is not None:
+            init(projection)
+        # Prepared like the student: under DDP it starts from rank 0's copy (a least-squares solve is not bit-identical
+        # across processes) and its gradients are averaged across processes.
+        return self.accelerator.prepare_model(projection)
 
     def _setup_hidden_projection(self) -> None:
         teacher_config, student_config = self.teacher_model.config, self.model.config
@@ -304,16 +373,11 @@ class DistillationTrainer(Trainer):
                 )
         self.hidden_layer_map = layer_map
         if student_config.hidden_size != teacher_config.hidden_size:
-            # One learned projection shared by all mapped layers (as in TinyBERT). It is trained with the student but
-            # is not part of it, so `save_model` never writes it into the student's weights.
-            self.hidden_projection = nn.Linear(student_config.hidden_size, teacher_config.hidden_size)
-            self._init_hidden_projection()
-            # Prepared like the student: under DDP it starts from rank 0's copy (a least-squares solve is not
-            # bit-identical across processes) and its gradients are averaged across processes.
-            self.hidden_projection = self.accelerator.prepare_model(self.hidden_projection)
+            # One learned projection shared by all mapped layers (as in TinyBERT).
+            self.hidden_projection = self._new_projection(self._init_hidden_projection)
 
     @torch.no_grad()
-    def _init_hidden_projection(self) -> None:
+    def _init_hidden_projection(self, projection: nn.Linear) -> None:
         """Start the student-to-teacher projection at the least-squares map between the two word-embedding tables.
 
         Both models read the same vocabulary (checked earlier), so row `i` of each table embeds the same token. For a
@@ -325,8 +389,8 @@ class DistillationTrainer(Trainer):
         if student_words.shape[0] != teacher_words.shape[0]:
             return  # different vocabularies (a teacher_tokenizer was given): keep the random initialisation
         solution = torch.linalg.lstsq(student_words.cpu(), teacher_words.cpu()).solution  # (student, teacher)
-        self.hidden_projection.weight.copy_(solution.T.to(self.hidden_projection.weight))
-        self.hidden_projection.bias.zero_()
+        projection.weight.copy_(solution.T.to(projection.weight))
+        projection.bias.zero_()
 
     def _check_augmentation(self) -> None:
         if self.teacher_model is None:
@@ -394,6 +458,7 @@ class DistillationTrainer(Trainer):
         # The logits become a dataset column, so they must exist before the dataloader is built; computing them here
         # (and not per batch) is what makes the teacher run once per example instead of once per epoch.
         self.prepare_teacher_logits()
+        self.prepare_teacher_inputs()
         return super().get_train_dataloader()
 
     def prepare_teacher_logits(self) -> None:
@@ -426,6 +491,29 @@ class DistillationTrainer(Trainer):
         self.train_dataset = self.train_dataset.add_column(self.logits_column, logits.tolist())
         self._teacher_logits_ready = True
 
+    def prepare_teacher_inputs(self) -> None:
+        """Add the teacher's own tokens of the raw text (`teacher_input_ids`, ...) to the training data, when it
+        tokenizes differently from the student and runs on every batch (pooled distillation). Tokenized once, like
+        the student's columns, rather than in every batch's collation."""
+        columns = self._teacher_input_columns
+        present = getattr(self.train_dataset, "column_names", None) or []
+        if not columns or self.train_dataset is None or set(columns) <= set(present):
+            return
+        if not hasattr(self.train_dataset, "map"):
+            raise DistillationError(
+                "pooled_distillation_weight with a teacher that has its own tokenizer needs a `datasets.Dataset` train "
+                "set: its tokens of the raw text are added as columns."
+            )
+        tokenizer, max_length = self.teacher_tokenizer, self.distillation_args.teacher_max_length
+
+        def encode(texts: list[str]) -> dict[str, list]:
+            encoded = teacher_encode(tokenizer, texts, max_length)
+            return {column: encoded[name] for column, name in columns.items()}
+
+        self.train_dataset = self.train_dataset.map(
+            encode, input_columns=self.distillation_args.teacher_text_column, batched=True
+        )
+
     def _teacher_collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         collator = self.data_collator
         inner = collator.collator if isinstance(collator, TeacherLogitsCollator) else collator
@@ -433,9 +521,10 @@ class DistillationTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        # Keep the logits column through `remove_unused_columns`; compute_loss takes it out before the forward.
-        if self.distilling and self.logits_column not in self._signature_columns:
-            self._signature_columns.append(self.logits_column)
+        # Keep the teacher's columns through `remove_unused_columns`; compute_loss takes them out before the forward.
+        for column in (self.logits_column, *self._teacher_input_columns):
+            if self.distilling and column not in self._signature_columns:
+                self._signature_columns.append(column)
 
     # ------------------------------------------------------------------------------------------------------ loss
     def _loss_normalised_over_window(self, num_items_in_batch: torch.Tensor | int | None) -> bool:
@@ -467,23 +556,32 @@ class DistillationTrainer(Trainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
         teacher_logits = inputs.pop(self.logits_column, None)
+        teacher_inputs = {name: inputs.pop(c) for c, name in self._teacher_input_columns.items() if c in inputs}
         if not self.distilling or not model.training:
             # Evaluation reports the student's own hard-label loss, comparable with a plain Trainer's.
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
         dargs = self.distillation_args
         use_hidden = dargs.hidden_distillation_weight > 0 and self.teacher_model is not None
+        use_pooled = dargs.pooled_distillation_weight > 0 and self.teacher_model is not None
+        use_states = use_hidden or use_pooled
         teacher_outputs = None
-        if teacher_logits is None or use_hidden:
+        if teacher_logits is None or use_states:
             if self.teacher_model is None:
                 raise DistillationError(
                     f"A training batch has no {self.logits_column!r} column and there is no teacher to compute it."
                 )
-            teacher_inputs = {
-                k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")
-            }
+            if not self.teacher_reads_text:
+                teacher_inputs = {
+                    k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+                }
+            elif not teacher_inputs:
+                raise DistillationError(
+                    f"The teacher reads its own tokens, but a training batch has none of its columns "
+                    f"{list(self._teacher_input_columns)}: they are added to the training data by `train()`."
+                )
             with torch.no_grad():
-                teacher_outputs = self.teacher_model(**teacher_inputs, output_hidden_states=use_hidden)
+                teacher_outputs = self.teacher_model(**teacher_inputs, output_hidden_states=use_states)
             if teacher_logits is None:
                 teacher_logits = teacher_outputs.logits
 
@@ -491,7 +589,7 @@ class DistillationTrainer(Trainer):
         forward_inputs = dict(inputs) if has_labels else {k: v for k, v in inputs.items() if k != "labels"}
         if has_labels and self.model_accepts_loss_kwargs and num_items_in_batch is not None:
             forward_inputs["num_items_in_batch"] = num_items_in_batch
-        outputs = model(**forward_inputs, output_hidden_states=use_hidden)
+        outputs = model(**forward_inputs, output_hidden_states=use_states)
         student_logits = outputs["logits"]
 
         kd_loss = distillation_loss(
@@ -530,6 +628,14 @@ class DistillationTrainer(Trainer):
             hidden_loss = self._hidden_loss(outputs.hidden_states, teacher_outputs.hidden_states, inputs)
             loss = loss + dargs.hidden_distillation_weight * hidden_loss * example_share
             self._metrics["hidden_loss"].append(hidden_loss.detach().item())
+        if use_pooled:
+            student_pooled = mean_pool(outputs.hidden_states[-1], inputs.get("attention_mask"))
+            teacher_pooled = mean_pool(teacher_outputs.hidden_states[-1], teacher_inputs.get("attention_mask"))
+            if not self._pooled_projection_fitted:
+                self._fit_pooled_projection(student_pooled, teacher_pooled.to(student_pooled.device))
+            pooled_loss = pooled_mse_loss(self.pooled_projection(student_pooled), teacher_pooled)
+            loss = loss + dargs.pooled_distillation_weight * pooled_loss * example_share
+            self._metrics["pooled_loss"].append(pooled_loss.detach().item())
         if window_normalised and num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # Trainer's item count is summed over processes and DDP averages gradients: undo the average.
             loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1 else self.args.n_gpu)
@@ -547,6 +653,31 @@ class DistillationTrainer(Trainer):
             losses.append(hidden_state_mse_loss(projected, teacher_hidden[t], mask))
         return torch.stack(losses).mean()
 
+    @torch.no_grad()
+    def _fit_pooled_projection(self, student: torch.Tensor, teacher: torch.Tensor) -> None:
+        """Start the pooled projection at the least-squares map from the first training batch's pooled student states
+        to the teacher's, before its first update.
+
+        A randomly initialised projection barely moves at a student's learning rate, so the student would be pulled
+        towards an arbitrary image of the teacher for the whole run. The fit costs nothing (both pooled states are
+        computed for the loss anyway); a small ridge term keeps it well-posed when the batch is smaller than the
+        student's width (32 sentences, 384 units for MiniLM): the map is then fitted on the batch's directions and
+        trained further with the student. Every process starts from rank 0's fit.
+        """
+        projection = self.accelerator.unwrap_model(self.pooled_projection)
+        with torch.autocast(student.device.type, enabled=False):
+            s, t = student.detach().float(), teacher.detach().float()
+            s_mean, t_mean = s.mean(dim=0), t.mean(dim=0)
+            s, t = s - s_mean, t - t_mean
+            gram = s.T @ s
+            ridge = 1e-3 * gram.diagonal().mean() + 1e-6
+            eye = torch.eye(gram.shape[0], device=gram.device)
+            weight = torch.linalg.solve(gram + ridge * eye, s.T @ t).T  # (teacher, student)
+            bias = t_mean - weight @ s_mean
+        projection.weight.copy_(broadcast(weight.to(projection.weight).contiguous(), from_process=0))
+        projection.bias.copy_(broadcast(bias.to(projection.bias).contiguous(), from_process=0))
+        self._pooled_projection_fitted = True
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Report the loss components averaged since the last log, beside Trainer's total loss.
         if self._metrics and "loss" in logs:
@@ -556,11 +687,18 @@ class DistillationTrainer(Trainer):
             self._metrics.clear()
         super().log(logs, start_time)
 
-    # ------------------------------------------------------------------------- the learned hidden-state projection
+    # --------------------------------------------------------------------- the learned hidden-state projections
+    def _projections(self) -> dict[str, nn.Module]:
+        """The learned projections in use, by checkpoint file."""
+        modules = {file: getattr(self, name) for name, file in _PROJECTION_FILES.items()}
+        return {file: module for file, module in modules.items() if module is not None}
+
     def create_optimizer(self):
         optimizer = super().create_optimizer()
-        if self.hidden_projection is not None and not getattr(self, "_projection_in_optimizer", False):
-            optimizer.add_param_group({"params": list(self.hidden_projection.parameters()), "weight_decay": 0.0})
+        projections = self._projections()
+        if projections and not getattr(self, "_projection_in_optimizer", False):
+            params = [p for projection in projections.values() for p in projection.parameters()]
+            optimizer.add_param_group({"params": params, "weight_decay": 0.0})
             self._projection_in_optimizer = True
         return optimizer
 
@@ -577,15 +715,20 @@ class DistillationTrainer(Trainer):
 
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
-        # The projection lives in the checkpoint (for resume), never in the saved student.
-        if self.hidden_projection is not None and self.args.should_save:
-            projection = self.accelerator.unwrap_model(self.hidden_projection)
-            torch.save(projection.state_dict(), os.path.join(output_dir, PROJECTION_FILE))
+        # The projections live in the checkpoint (for resume), never in the saved student.
+        if self.args.should_save:
+            for file, projection in self._projections().items():
+                state = self.accelerator.unwrap_model(projection).state_dict()
+                torch.save(state, os.path.join(output_dir, file))
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None and self.hidden_projection is not None:
-            path = os.path.join(checkpoint, PROJECTION_FILE)
+        if checkpoint is None:
+            return
+        for file, projection in self._projections().items():
+            path = os.path.join(checkpoint, file)
             if os.path.exists(path):
-                projection = self.accelerator.unwrap_model(self.hidden_projection)
-                projection.load_state_dict(torch.load(path, map_location=self.args.device))
+                state = torch.load(path, map_location=self.args.device)
+                self.accelerator.unwrap_model(projection).load_state_dict(state)
+                if file == POOLED_PROJECTION_FILE:  # resumed: the trained map, not a fresh fit
+                    self._pooled_projection_fitted = True

@@ -33,6 +33,7 @@ def main(out_dir: str) -> None:
         ddp_backend="gloo",
         use_cpu=True,  # without it, Trainer on CPU under torchrun does not enter DDP mode
         hidden_distillation_weight=1.0,
+        pooled_distillation_weight=1.0,
         distillation_weight=0.5,
     )
     trainer = DistillationTrainer(
@@ -47,6 +48,7 @@ def main(out_dir: str) -> None:
     trainer.train()
     rank = trainer.args.process_index
     projection = trainer.accelerator.unwrap_model(trainer.hidden_projection).weight.detach().numpy()
+    pooled = trainer.accelerator.unwrap_model(trainer.pooled_projection).weight.detach().numpy()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(
             {
@@ -55,6 +57,7 @@ def main(out_dir: str) -> None:
                 "cache_examples": int(cache_examples),
                 "global_step": trainer.state.global_step,
                 "projection_sum": float(projection.sum()),
+                "pooled_projection_sum": float(pooled.sum()),
             },
             f,
         )
