@@ -542,12 +542,18 @@ def test_shipped_recipes_parse_to_the_reference_settings_without_downloading():
     default = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml")
     assert (default.run.teacher, default.run.student, default.run.precision) == (
         "packaged:mpnet",
-        ["bert-mini"],
+        ["bert-mini", "minilm"],  # the smaller student first, the pre-trained MiniLM when it misses the budget
         "auto",
     )
+    assert default.run.max_accuracy_drop == 1.5 and default.run.student_init_from == "packaged:minilm"
     assert default.augmentation.unlabeled_texts == "imdb_reviews_offline" and default.run.augment
     default_quick = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="quick")
     assert default_quick.run.teacher == "packaged:mpnet" and default_quick.run.max_train_samples == 300
+    bert_mini = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="bert-mini")
+    assert bert_mini.run.student == ["bert-mini"] and bert_mini.run.max_accuracy_drop is None
+    gpu = load_recipe(ROOT / "recipes" / "rotten_tomatoes_offline.yaml", profile="gpu")
+    assert gpu.augmentation.max_transfer_samples is None and "minilm" in gpu.run.student
+    assert len({r.run.output_dir for r in (default, default_quick, bert_mini, gpu)}) == 4
     sst2 = load_recipe(ROOT / "recipes" / "sst2_bert_mini.yaml", overrides={"run": {"seed": "7"}})
     assert (sst2.run.dataset, sst2.run.dataset_config, sst2.run.text_column) == ("glue", "sst2", "sentence")
     assert sst2.run.student == ["google/bert_uncased_L-4_H-256_A-4"]
