@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from accelerate import PartialState
+from accelerate.utils import broadcast_object_list
 
 
 def process_state() -> PartialState:
@@ -19,3 +22,10 @@ def process_state() -> PartialState:
         PartialState._reset_state()
         state = PartialState(cpu=not torch.cuda.is_available())
     return state
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """The main process's `value` on every process (a decision made once: a precision, an order, a status)."""
+    if process_state().num_processes == 1:
+        return value
+    return broadcast_object_list([value], from_process=0)[0]

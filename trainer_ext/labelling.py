@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .benchmark import ClassifierRunner
-from .distributed import process_state
+from .distributed import broadcast_from_main, process_state
 from .files import write_json
 from .precision import bf16_support
 from .quantization import INT8_FILE, dynamic_int8
@@ -150,15 +150,6 @@ def int8_teacher_logits(
     return logits
 
 
-def _broadcast(value: Any) -> Any:
-    """The main process's `value` on every process."""
-    if process_state().num_processes == 1:
-        return value
-    from accelerate.utils import broadcast_object_list
-
-    return broadcast_object_list([value], from_process=0)[0]
-
-
 def choose_labelling(
     requested: str,
     teacher: PreTrainedModel,
@@ -209,7 +200,7 @@ def choose_labelling(
         except Exception as err:  # noqa: BLE001 - any export or quantization failure falls back, with its reason
             logger.warning("The INT8 labelling teacher could not be built", exc_info=True)
             built = {"error": f"{type(err).__name__}: {err}"}
-    built = _broadcast(built)
+    built = broadcast_from_main(built)
     if "error" in built:
         fallback = f"the INT8 teacher could not be built ({built['error']}): labelled in {_NAMES[auto]} instead"
         return LabellingChoice(auto, requested, fallback, fallback=fallback, min_agreement=min_agreement)

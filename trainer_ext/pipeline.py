@@ -73,7 +73,7 @@ from .data import (
     load_text_classification_dataset,
     load_unlabeled_texts,
 )
-from .distributed import process_state
+from .distributed import broadcast_from_main, process_state
 from .files import save_pretrained, write_atomic, write_json
 from .openvino_backend import OV_FILE
 from .precision import PrecisionChoice, choose_precision, training_precision_kwargs
@@ -257,11 +257,7 @@ class Pipeline:
 
     def broadcast(self, value: Any) -> Any:
         """The main process's `value` on every process: a decision (a precision, an order, a status) is made once."""
-        if self.num_processes == 1:
-            return value
-        from accelerate.utils import broadcast_object_list
-
-        return broadcast_object_list([value], from_process=0)[0]
+        return broadcast_from_main(value)
 
     # ------------------------------------------------------------------------------------------ orchestration
     def check(self) -> None:
