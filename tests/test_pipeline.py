@@ -279,7 +279,11 @@ def test_every_recipe_field_keys_a_stage_or_is_listed_as_changing_no_output(fini
     keyed = set().union(*reads.values())
     recipe = load_recipe(recipe_path)
     every = {f"{s}.{f.name}" for s in SECTIONS for f in dataclass_fields(getattr(recipe, s)) if f.init}
-    assert sorted(every - keyed - OUTPUT_NEUTRAL - SELECTION_SETTINGS) == []
+    # With the teacher trained to a plateau (the default), the stage sets its evaluation and checkpoint fields itself:
+    # the recipe's values of those cannot change its output, so they are not read.
+    plateau = {f"teacher_training.{name}" for name in pipeline._plateau_settings(1)}
+    assert pipeline.args.teacher_patience and plateau.isdisjoint(reads["teacher"])
+    assert sorted(every - keyed - OUTPUT_NEUTRAL - SELECTION_SETTINGS - plateau) == []
     assert not keyed & OUTPUT_NEUTRAL
     # The settings whose absence let a re-run reuse outputs made otherwise (issue 21), each in the stage that reads it.
     assert {"run.eval_split", "run.test_split", "run.max_eval_samples", "run.dataset"} <= reads["data"]
@@ -753,8 +757,33 @@ def test_the_teacher_can_be_fine_tuned_to_a_validation_plateau(tmp_path):
         plateau["best_eval_accuracy"], abs=1e-6
     )
     assert "to a plateau on the validation split" in pipeline._describe_teacher()
+    # Its checkpoints are gone once the best weights are saved (the MPNet teacher's left 1.3 GB in runs/teacher).
+    assert not list((tmp_path / "out" / "runs" / "teacher").glob("checkpoint-*"))
     with pytest.raises(RecipeError, match="teacher_patience must be >= 1"):
         load_recipe(recipe, overrides={"run": {"teacher_patience": "0"}})
+
+
+def test_the_teacher_trains_to_a_plateau_by_default_within_a_step_budget_and_null_trains_the_whole_budget(tmp_path):
+    """Issue 22: a teacher fine-tuned for a fixed epoch count did not fit 3,400 sentences. By default it trains to a
+    plateau (2 evaluations without improvement) within the budget; max_steps is that budget when set; null trains
+    for the whole budget and keeps the last weights, with no evaluation."""
+    assets = write_assets(tmp_path)
+    overrides = {"teacher_training": {"max_steps": "12", "learning_rate": "0.05"}}
+    pipeline = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, augment=False), overrides=overrides), lambda _m: 0)
+    assert pipeline.args.teacher_patience == 2
+    pipeline.data = pipeline.stage_data()
+    pipeline.stage_teacher()
+    plateau = json.loads((tmp_path / "out" / "teacher" / "trainer_ext_plateau.json").read_text())
+    assert plateau["max_steps"] == 12 and plateau["patience"] == 2 and plateau["steps"] <= 12
+
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    recipe = load_recipe(tiny_recipe(fixed, assets, augment=False, teacher_patience=None), overrides=overrides)
+    pipeline = Pipeline(recipe, lambda _m: 0)
+    pipeline.data = pipeline.stage_data()
+    pipeline.stage_teacher()
+    assert not (fixed / "out" / "teacher" / "trainer_ext_plateau.json").exists()
+    assert pipeline._describe_teacher().endswith("fine-tuned here on the training split for 12 steps")
 
 
 def test_an_int8_labelling_teacher_labels_the_transfer_set_only_and_the_run_records_it(tmp_path):

@@ -58,6 +58,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .assets import PACKAGED_SOURCES, PackagedAssetError, packaged_source
@@ -746,7 +747,13 @@ class Pipeline:
             )
             trainer.train()
             teacher = trainer.model
-            if plateau:  # how far it trained, saved beside its weights for the card
+            if plateau:
+                # The best weights are loaded and saved below; its checkpoints (the MPNet teacher's are 440 MB each)
+                # would only be left behind in runs/teacher.
+                if self.is_main:
+                    for checkpoint in Path(trainer.args.output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+                        shutil.rmtree(checkpoint, ignore_errors=True)
+                # how far it trained, saved beside its weights for the card
                 state = trainer.state
                 plateau = {
                     "best_step": int(getattr(state, "best_global_step", None) or state.global_step),
@@ -773,6 +780,7 @@ class Pipeline:
             "save_strategy": "steps",
             "save_steps": every,
             "save_total_limit": 1,
+            "save_only_model": True,  # the checkpoints only hold the best weights: no optimizer state to write
             "load_best_model_at_end": True,
             "metric_for_best_model": "accuracy",
             "greater_is_better": True,
@@ -1233,7 +1241,10 @@ class Pipeline:
                     f"{100 * t['best_eval_accuracy']:.2f}% at step {t['best_step']:,}, stopped at step {t['steps']:,} "
                     f"of at most {t['max_steps']:,} (patience {t['patience']} evaluations)"
                 )
-            epochs = self.recipe.teacher_training.num_train_epochs
+            section = self.recipe.teacher_training
+            if section.max_steps > 0:  # Trainer's rule: max_steps overrides num_train_epochs
+                return f"{name}, fine-tuned here on the training split for {section.max_steps:,} steps"
+            epochs = section.num_train_epochs
             return f"{name}, fine-tuned here on the training split for {epochs:g} epoch{'' if epochs == 1 else 's'}"
         return name
 

@@ -84,11 +84,12 @@ class RunArguments:
         },
     )
     teacher_patience: int | None = field(
-        default=None,
+        default=2,
         metadata={
             "help": "Fine-tune the teacher to a validation plateau: evaluate on the eval split four times an epoch, "
-            "keep the best, stop after this many evaluations without improvement; teacher_training.num_train_epochs "
-            "is then the budget. Unset (null): train for num_train_epochs, no evaluation."
+            "keep the best, stop after this many evaluations without improvement; the teacher_training budget "
+            "(max_steps, else num_train_epochs) is then an upper bound. Null: train for the whole budget, no "
+            "evaluation, keep the last."
         },
     )
     student: list[str] = field(
