@@ -30,6 +30,7 @@ issue 22:
     python benchmarks/ablation_seeds.py RUN_DIR --rows no_distillation distilled_original --json out.json
     python benchmarks/ablation_seeds.py --merge seed1.json seed2.json seed3.json   # seeds run apart, summarized
     python benchmarks/ablation_seeds.py RUN_DIR --seeds 42 --rows distilled_transfer --transfer-size 50000 --bf16
+    python benchmarks/ablation_seeds.py RUN_DIR --seeds 42 --rows distilled_transfer --first 2000  # a curve's point
     python benchmarks/ablation_seeds.py RUN_DIR --rows distilled_transfer --set distillation_loss=mse \
         distillation_weight=1.0 --bf16
     python benchmarks/ablation_seeds.py RUN_DIR --rows distilled_transfer --set pooled_distillation_weight=1.0
@@ -96,6 +97,17 @@ def training_data(
     if len(extra) == 0:
         raise SystemExit(f"The run's transfer set has no {source!r} rows: drop {row} from --rows.")
     return concatenate_datasets([original, extra])
+
+
+def first_transfer(run_dir: Path, size: int) -> Dataset:
+    """The original rows and the first `size` transfer sentences of the run's own transfer set, in the order the run
+    made them: the smaller points of a transfer-set curve, from one run."""
+    run_transfer = load_from_disk(str(run_dir / "distillation_data" / "transfer"))
+    sources = np.asarray(run_transfer["source"])
+    extra = np.flatnonzero(sources != "original")
+    if len(extra) < size:
+        raise SystemExit(f"--first {size}: the run's transfer set holds {len(extra)} sentences.")
+    return run_transfer.select(np.flatnonzero(sources == "original").tolist() + extra[:size].tolist())
 
 
 def extended_transfer(run_dir: Path, recipe: Any, size: int, splits: Any) -> Dataset:
@@ -275,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-confidence", type=float, help="Add distilled_confident with this threshold.")
     parser.add_argument("--transfer-size", type=int, help="Train distilled_transfer on this many transfer sentences.")
     parser.add_argument(
+        "--first", type=int, help="Train distilled_transfer on the first N sentences of the run's own transfer set."
+    )
+    parser.add_argument(
         "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="student_training settings changed for every row."
     )
     parser.add_argument("--bf16", action="store_true", help="Train under bf16 autocast (a bf16 CPU or a GPU).")
@@ -317,8 +332,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {setting!r}: give FIELD=VALUE with a student_training field.")
         overrides[field] = yaml.safe_load(value)
     transfer = extended_transfer(run_dir, recipe, args.transfer_size, splits) if args.transfer_size else None
+    if args.first:
+        if transfer is not None:
+            parser.error("Give --transfer-size or --first, not both.")
+        transfer = first_transfer(run_dir, args.first)
     tag = ",".join(
         ([f"transfer={args.transfer_size}"] if args.transfer_size else [])
+        + ([f"first={args.first}"] if args.first else [])
         + list(args.set)
         + (["bf16"] if args.bf16 else [])
     )

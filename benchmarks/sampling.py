@@ -1,18 +1,19 @@
-"""Accepted generated sentences per second, by sampling setting, on a run's fine-tuned generator (issue 12, 4a).
+"""Accepted generated sentences per second, by sampling engine, on a run's fine-tuned generator (issues 12 and 23).
 
-Every setting goes through the augmenter's own loop (`TextGenerationAugmenter._generate_all`: batched `generate`
-with the KV cache, the length bounds drawn from the training sentences, the filters), on the same generator, the
-same targets and seed, one after the other in one process. Printed side by side, with the share of sampled token
-slots that were real tokens rather than padding after a row had finished.
+Every setting goes through the augmenter's own loop (`TextGenerationAugmenter._generate_all`: the length bounds drawn
+from the training sentences, the filters, the same targets and seed), on the same fine-tuned generator, one after the
+other in one process, so the rates are comparable within one run. Printed side by side with the share of computed
+token slots that were real tokens rather than padding behind a finished row.
 
     python benchmarks/sampling.py outputs/rotten_tomatoes_offline          # after `make run`
-    python benchmarks/sampling.py RUN_DIR --per-label 48 --settings batch96,batch32,stop_newline
+    python benchmarks/sampling.py RUN_DIR --per-label 256 --settings generate32,continuous_bf16_256
 
-Settings (name: what changes from the recipe's):
-  batch96, batch48, batch32, batch16   generation_batch_size
-  fixed64                              max_new_tokens 64 instead of the bound drawn from the training lengths
-  stop_newline                         newline tokens end a row too (eos_token_id list), batch 96
-  int8_dynamic                         the generator's Linear layers quantized to dynamic INT8 (torch), batch 96
+Settings:
+  generate32                    model.generate on padded batches of 32 under the run's generator precision (bf16
+                                autocast on a bf16 CPU): the loop before issue 23
+  static_compile32              the same with a static KV cache and torch.compile of the forward (transformers'
+                                CompileConfig, on CPU too), bf16 weights instead of autocast on a bf16 CPU
+  continuous_<fp32|bf16>_<B>    trainer_ext.sampling.ContinuousSampler with B rows in flight and FP32 or bf16 weights
 """
 
 from __future__ import annotations
@@ -38,42 +39,67 @@ sys.path.insert(0, str(ROOT))
 
 from trainer_ext.augmentation import AugmentationArguments, TextGenerationAugmenter, load_generator  # noqa: E402
 from trainer_ext.benchmark import cpu_description  # noqa: E402
+from trainer_ext.sampling import sampling_model  # noqa: E402
 
-SETTINGS = ("batch96", "batch48", "batch32", "batch16", "fixed64", "stop_newline", "int8_dynamic")
+DEFAULT = "generate32,static_compile32,continuous_fp32_128,continuous_bf16_64,continuous_bf16_128,continuous_bf16_256"
 
 
 def _augmentation_args(run_dir: Path) -> AugmentationArguments:
     stats = json.loads((run_dir / "augmentation" / "augmentation_stats.json").read_text())
     fields = {f.name for f in dataclasses.fields(AugmentationArguments)}
-    return AugmentationArguments(**{k: v for k, v in stats["args"].items() if k in fields})
+    args = {k: v for k, v in stats["args"].items() if k in fields}
+    args.update(unlabeled_texts=None, num_samples=1, output_dir=None, prompt_opening_words=0)
+    return AugmentationArguments(**args)
+
+
+def _cpu_compile_config() -> transformers.CompileConfig:
+    """transformers compiles generate's forward only on CUDA unless flagged; 'reduce-overhead' means CUDA graphs."""
+    config = transformers.CompileConfig(mode="default")
+    config._compile_all_devices = True
+    return config
+
+
+def _generator_bf16(run_dir: Path) -> bool:
+    path = run_dir / "precision.json"
+    return path.exists() and json.loads(path.read_text()).get("generator", {}).get("precision") == "bf16"
 
 
 def measure(augmenter: TextGenerationAugmenter, train_texts, label_names, per_label: int, seed: int) -> dict:
+    """Accepted sentences per second through the augmenter's loop, and the real share of computed token slots."""
     slots = {"real": 0, "all": 0}
-    sample = augmenter._sample
+    if augmenter._sampler is None:
+        sample = augmenter._sample
 
-    def counting_sample(enc):
-        out = sample(enc)
-        new = out[:, enc["input_ids"].shape[1] :]
-        pad = augmenter.tokenizer.pad_token_id
-        # A finished row is padded with pad_token_id (the eos here): count up to and including its first one.
-        finished = (new == pad).int().cumsum(dim=1)
-        slots["real"] += int(((finished == 0) | ((finished == 1) & (new == pad))).sum())
-        slots["all"] += new.numel()
-        return out
+        def counting_sample(enc):
+            out = sample(enc)
+            new = out[:, enc["input_ids"].shape[1] :]
+            pad = augmenter.tokenizer.pad_token_id
+            finished = (new == pad).int().cumsum(dim=1)  # a finished row is padded with pad (the eos here)
+            slots["real"] += int(((finished == 0) | ((finished == 1) & (new == pad))).sum())
+            slots["all"] += new.numel()
+            return out
 
-    augmenter._sample = counting_sample
-    augmenter._set_length_bounds(train_texts)
-    prompt_names = augmenter.prompt_names(label_names)
+        augmenter._sample = counting_sample
+    else:
+        sampler, inner = augmenter._sampler, augmenter._sampler.sample
+
+        def counting(prompts, seed):
+            out = inner(prompts, seed)
+            # Every computed slot is a prompt token or a sampled token fed back (the last one never is fed).
+            slots["real"] += sum(len(p) for p in prompts) + sum(len(o) - 1 for o in out)
+            slots["all"] += sampler.token_slots
+            return out
+
+        sampler.sample = counting
     start = time.perf_counter()
-    kept, stats = augmenter._generate_all(label_names, [per_label] * len(label_names), set(), prompt_names, None, seed)
+    names = augmenter.prompt_names(label_names)
+    kept, stats = augmenter._generate_all(label_names, [per_label] * len(label_names), set(), names, None, seed)
     seconds = time.perf_counter() - start
-    augmenter._sample = sample
     return {
         "accepted": len(kept),
         "generated": stats["generated"],
         "seconds": round(seconds, 1),
-        "accepted_per_s": round(len(kept) / seconds, 3),
+        "accepted_per_s": round(len(kept) / seconds, 2),
         "real_token_share": round(slots["real"] / max(slots["all"], 1), 3),
         "max_new_tokens": augmenter._max_new_tokens,
         "rejected": stats["rejected"],
@@ -84,21 +110,16 @@ def measure(augmenter: TextGenerationAugmenter, train_texts, label_names, per_la
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--per-label", type=int, default=48, help="Accepted sentences to reach per label.")
-    parser.add_argument("--settings", default="batch96,batch32,fixed64,stop_newline,int8_dynamic")
+    parser.add_argument("--per-label", type=int, default=256, help="Accepted sentences to reach per label.")
+    parser.add_argument("--settings", default=DEFAULT)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path)
     parsed = parser.parse_args(argv)
-    settings = parsed.settings.split(",")
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        parser.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
     run_dir = parsed.run_dir
     generator_dir = run_dir / "augmentation" / "generator"
     if not (generator_dir / "config.json").exists():
         parser.error(f"{generator_dir} has no fine-tuned generator: run the recipe with augment: true first")
     base_args = _augmentation_args(run_dir)
-    base_args.output_dir = None
     train = load_from_disk(str(run_dir / "data" / "splits"))["train"]
     label_names = list(train.features["label"].names)
     train_texts = [str(t) for t in train["text"]]
@@ -106,40 +127,61 @@ def main(argv: list[str] | None = None) -> int:
         f"CPU: {cpu_description()}, {torch.get_num_threads()} threads, {platform.machine()}; torch {torch.__version__}, "
         f"transformers {transformers.__version__}; generator {generator_dir}"
     )
-
     results = {}
     model, tokenizer = load_generator(str(generator_dir))
-    for name in settings:
+    for name in parsed.settings.split(","):
         args = copy.deepcopy(base_args)
-        generator = model
-        if name.startswith("batch"):
-            args.generation_batch_size = int(name.removeprefix("batch"))
-        elif name == "fixed64":
-            args.max_new_tokens = 64
-        elif name == "int8_dynamic":
-            generator = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, torch.qint8)
-        augmenter = TextGenerationAugmenter(generator, tokenizer, args)
-        if name == "stop_newline":
-            newline_ids = [
-                i for t, i in tokenizer.get_vocab().items() if "\n" in tokenizer.convert_tokens_to_string([t])
-            ]
-            generate = generator.generate
+        if name in ("generate32", "static_compile32"):
+            args.sampling_engine, args.generation_batch_size = "generate", 32
+        elif name.startswith("continuous_"):
+            _, precision, batch = name.split("_")
+            args.sampling_engine, args.sampling_precision, args.generation_batch_size = (
+                "continuous",
+                precision,
+                int(batch),
+            )
+        else:
+            parser.error(f"unknown setting {name!r}")
+        # The static cache is allocated in the weights' dtype: it cannot run under autocast, so it gets bf16 weights
+        # where the run's generator ran under bf16 autocast.
+        static_bf16 = name == "static_compile32" and _generator_bf16(run_dir)
+        augmenter = TextGenerationAugmenter(sampling_model(model, "bf16") if static_bf16 else model, tokenizer, args)
+        augmenter._generator_bf16 = _generator_bf16(run_dir) and not static_bf16
+        augmenter._set_length_bounds(train_texts)
+        augmenter.choose_sampling(augmenter.prompt_names(label_names))
+        if name == "static_compile32":
+            sample = augmenter._sample
 
-            def generate_until_newline(*a, _generate=generate, _stops=(tokenizer.eos_token_id, *newline_ids), **kw):
-                return _generate(*a, **{**kw, "eos_token_id": list(_stops)})
+            def static_sample(enc, _augmenter=augmenter):
+                a = _augmenter.args
+                return _augmenter.model.generate(
+                    **enc,
+                    do_sample=True,
+                    top_p=a.top_p,
+                    temperature=a.temperature,
+                    max_new_tokens=_augmenter._max_new_tokens,
+                    pad_token_id=_augmenter.tokenizer.pad_token_id,
+                    eos_token_id=_augmenter.tokenizer.eos_token_id,
+                    cache_implementation="static",
+                    compile_config=_cpu_compile_config(),
+                )
 
-            augmenter.model = copy.copy(generator)
-            augmenter.model.generate = generate_until_newline
+            augmenter._sample = static_sample
+            compile_start = time.perf_counter()
+            augmenter.generate_batch(["negative\t"] * 32, seed=0)  # compiles (the first call's cost, reported apart)
+            print(
+                f"static_compile32: first call (compilation) {time.perf_counter() - compile_start:.1f} s", flush=True
+            )
+            del sample
         results[name] = measure(augmenter, train_texts, label_names, parsed.per_label, parsed.seed)
         print(name, json.dumps(results[name]), flush=True)
 
-    print("\n| setting | batch | max new tokens | accepted/s | real-token share | generated | seconds | mean words |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| setting | accepted/s | real-token share | generated | seconds | mean words |")
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        batch = int(name.removeprefix("batch")) if name.startswith("batch") else base_args.generation_batch_size
         print(
-            f"| {name} | {batch} | {r['max_new_tokens']} | {r['accepted_per_s']:.2f} | {r['real_token_share']:.2f} "
-            f"| {r['generated']} | {r['seconds']} | {r['mean_words']} |"
+            f"| {name} | {r['accepted_per_s']:.2f} | {r['real_token_share']:.2f} | {r['generated']} | {r['seconds']} "
+            f"| {r['mean_words']} |"
         )
     if parsed.json:
         parsed.json.write_text(json.dumps({"cpu": cpu_description(), "results": results}, indent=1))

@@ -37,13 +37,17 @@ def byte_level_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
-@pytest.fixture(scope="module")
-def corpus() -> Dataset:
+def make_corpus() -> Dataset:
     texts, labels = make_sentences(90, seed=3, num_labels=3)
     return Dataset.from_dict(
         {"text": texts, "label": labels},
         features=Features({"text": Value("string"), "label": ClassLabel(names=LABELS)}),
     )
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Dataset:
+    return make_corpus()
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +159,7 @@ def test_leaked_and_duplicate_samples_are_dropped(corpus, gen_tokenizer):
         ]
     )
     augmenter.generate_batch = lambda prompts, seed: [next(scripted) for _ in prompts]
-    augmenter.args.generation_batch_size = 2
+    augmenter.args.shard_size = 2  # prompts per call: a call samples at most a shard
     excluded = {normalize_text("a test sentence"), normalize_text(list(corpus["text"])[0])}
     kept, stats = augmenter._generate_all(LABELS[:2], [2, 2], excluded, LABELS[:2], shard_dir=None, seed=7)
     texts = [t for t, _ in kept]
@@ -165,8 +169,8 @@ def test_leaked_and_duplicate_samples_are_dropped(corpus, gen_tokenizer):
 
 
 def test_batches_are_sized_to_what_is_still_needed(gen_tokenizer):
-    """The last batches ask for the shortfall at the acceptance rate seen so far, not for a full batch."""
-    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(generation_batch_size=8))
+    """The last calls ask for the shortfall at the acceptance rate seen so far, not for a full shard."""
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(shard_size=8))
     augmenter._min_words, augmenter._max_words = 2, 40
     batches: list[int] = []
     counter = iter(range(10_000))
@@ -199,7 +203,7 @@ def test_same_seed_same_output_and_resume(tmp_path, corpus, gen_tokenizer):
 
     def failing(prompts, seed):
         calls["n"] += 1
-        if calls["n"] > 2:  # two batches of 8 fill the first 16-candidate shard
+        if calls["n"] > 2:  # one call samples a 16-candidate shard: two shards are written
             raise KeyboardInterrupt
         return original(prompts, seed)
 
@@ -611,3 +615,66 @@ def test_fp32_bf16_and_auto_labelling_forms_and_bf16_without_fast_bf16_is_used_a
         choice.reason
         == "set in the recipe, although CPU has no AMX or AVX512-BF16 (AVX2 only) (likely slower than fp32)"
     )
+
+
+def test_opening_word_prompts_continue_training_openings_and_never_one_that_begins_an_eval_sentence(
+    corpus, gen_tokenizer
+):
+    texts, labels = list(corpus["text"]), list(corpus["label"])
+    leaking = texts[0]  # an eval sentence that begins like the first training sentence
+    opening = " ".join(leaking.split()[:2])
+    augmenter = TextGenerationAugmenter(
+        tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(num_samples=12, prompt_opening_words=2)
+    )
+    prompts_seen: list[str] = []
+    generate = augmenter.generate_batch
+
+    def recording(prompts, seed):
+        prompts_seen.extend(prompts)
+        return generate(prompts, seed)
+
+    augmenter.generate_batch = recording
+    generated = augmenter.augment(corpus, exclude_texts=[leaking + " and more words"])
+    stats = augmenter.stats["prompt_openings"]
+    same_opening = sum(" ".join(t.split()[:2]).lower() == opening.lower() for t in texts if len(t.split()) > 2)
+    assert stats["words"] == 2 and stats["dropped"]["leaks_validation_or_test"] == same_opening >= 1
+    assert stats["openings"] + sum(stats["dropped"].values()) == len(texts)
+    bodies = [p.split("\t", 1)[1] for p in prompts_seen]
+    assert all(len(b.split()) == 2 for b in bodies) and opening not in bodies
+    pools = {lab: {" ".join(t.split()[:2]) for t, y in zip(texts, labels) if y == lab} for lab in range(3)}
+    names = augmenter.prompt_names(LABELS)
+    assert all(p.split("\t", 1)[1] in pools[names.index(p.split("\t", 1)[0])] for p in prompts_seen)
+    assert all(any(t.startswith(b) for b in bodies) for t in generated["text"])  # the opening is part of the text
+
+
+def test_a_generator_context_too_short_for_the_sentences_bounds_the_budget_and_counts_the_cut_lines(
+    tmp_path, corpus, gen_tokenizer
+):
+    long_corpus = corpus.map(lambda row: {"text": " ".join([row["text"]] * 4)})
+    model = tiny_gpt2(gen_tokenizer)
+    model.config.n_positions = 24  # the embeddings cover more; the config is what is read
+    args = make_args(tmp_path, num_samples=6, max_new_tokens=40, fine_tune=True, fine_tune_epochs=1)
+    augmenter = TextGenerationAugmenter(model, gen_tokenizer, args)
+    augmenter.augment(long_corpus)
+    context = augmenter.stats["context"]
+    assert context["context"] == 24 and context["max_new_tokens_asked"] == 40
+    assert context["max_new_tokens"] == 24 - context["longest_prompt"] == augmenter._max_new_tokens
+    assert augmenter.stats["fine_tune_lines_cut"] == len(long_corpus)  # every 4x sentence is over 24 tokens
+
+
+def test_without_unlabelled_text_the_transfer_set_is_generated_at_the_cap_and_the_sources_are_counted(
+    corpus, gen_tokenizer
+):
+    assert AugmentationArguments(max_transfer_samples=300).num_samples == 300
+    assert AugmentationArguments().num_samples == 20_000
+    assert AugmentationArguments(unlabeled_texts="x.txt").num_samples == 0
+    with pytest.raises(ValueError, match="num_samples"):
+        AugmentationArguments(num_samples=0)
+    augmenter = TextGenerationAugmenter(tiny_gpt2(gen_tokenizer), gen_tokenizer, make_args(num_samples=None))
+    augmenter.args.max_transfer_samples = None
+    augmenter.args.num_samples = 10
+    generated = augmenter.augment(corpus)
+    assert augmenter.stats["sources"] == {"generated": len(generated)} == {"generated": 10}
+    quality = augmenter.stats["quality"]
+    assert quality["compared_sentences"] == 10 and 0 < quality["distinct_2"]["generated"] <= 1
+    assert quality["length"]["training"]["mean_words"] > 0

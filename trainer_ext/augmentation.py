@@ -41,6 +41,7 @@ from .distributed import process_state
 from .files import save_pretrained, write_atomic, write_json
 from .labelling import INT8_LABELLER_DIR, LABELLING_FORMS, LabellingChoice, choose_labelling, int8_teacher_logits
 from .precision import training_precision_kwargs
+from .sampling import ENGINES, ContinuousSampler, SamplerChoice, SamplingSettings, choose_sampler, sampling_model
 from .teacher import compute_teacher_logits
 
 logger = logging.get_logger(__name__)
@@ -51,6 +52,7 @@ GENERATOR_DIR = "generator"
 FINE_TUNE_KEY_FILE = "trainer_ext_fine_tune.json"  # the settings and data digest a saved generator was tuned with
 SHARD_DIR = "shards"
 LABEL_DISTRIBUTIONS = ("balanced", "proportional")
+DEFAULT_GENERATED = 20_000  # generated sentences when nothing else fills the transfer set (benchmarks/README.md)
 
 
 class AugmentationError(ValueError):
@@ -91,7 +93,14 @@ class AugmentationArguments:
             "help": "Freeze the input embeddings and this many lowest decoder layers while fine-tuning (speed)."
         },
     )
-    num_samples: int = field(default=1000, metadata={"help": "Accepted sentences to produce, over all labels."})
+    num_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Generated sentences to keep, over all labels. Default: none when unlabeled_texts is given (the "
+            "unlabelled sentences fill the transfer set), else max_transfer_samples (or 20,000): with nothing else to "
+            "draw on, the transfer set is generated."
+        },
+    )
     label_distribution: str = field(
         default="balanced",
         metadata={
@@ -99,7 +108,38 @@ class AugmentationArguments:
             "choices": list(LABEL_DISTRIBUTIONS),
         },
     )
-    generation_batch_size: int = field(default=32, metadata={"help": "Prompts sampled together (KV cache on)."})
+    generation_batch_size: int = field(
+        default=128,
+        metadata={
+            "help": "Rows sampled together: in flight at once with the continuous engine (a finished row's slot is "
+            "refilled), a padded batch with model.generate."
+        },
+    )
+    sampling_engine: str = field(
+        default="auto",
+        metadata={
+            "help": "How the generator samples: 'continuous' (trainer_ext.sampling.ContinuousSampler: finished rows "
+            "leave the batch and new prompts take their slots), 'generate' (model.generate on padded batches), or "
+            "'auto': continuous, falling back to generate with the reason recorded when it cannot run the model.",
+            "choices": list(ENGINES),
+        },
+    )
+    sampling_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "The generator's weights while sampling with the continuous engine: 'fp32', 'bf16', or 'auto' "
+            "(bf16 where the CPU has fast bf16 and a decode step measures faster; recorded in precision.json).",
+            "choices": ["auto", "fp32", "bf16"],
+        },
+    )
+    prompt_opening_words: int = field(
+        default=0,
+        metadata={
+            "help": "Prompt with the label and the first N words of a training sentence of that label (drawn at "
+            "random), which the generator continues; 0 prompts with the label alone. Openings that begin a "
+            "validation or test sentence are never used (dropped and counted)."
+        },
+    )
     max_new_tokens: int | None = field(
         default=None, metadata={"help": "Token budget per sample. Default: 99th percentile of training lengths."}
     )
@@ -152,7 +192,10 @@ class AugmentationArguments:
             "seeded random order, fill what generation leaves. Default: every unlabelled sentence that passes."
         },
     )
-    shard_size: int = field(default=256, metadata={"help": "Candidates per shard written to disk (resume unit)."})
+    shard_size: int = field(
+        default=1024,
+        metadata={"help": "Candidates per shard written to disk (resume unit); prompts sampled per call."},
+    )
     output_dir: str | None = field(
         default=None, metadata={"help": "Where the generator, shards and statistics go (needed for resume)."}
     )
@@ -164,8 +207,19 @@ class AugmentationArguments:
             raise ValueError(
                 f"label_distribution must be one of {LABEL_DISTRIBUTIONS}, got {self.label_distribution!r}."
             )
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}.")
+        if self.num_samples is None:
+            self.num_samples = 0 if self.unlabeled_texts else (self.max_transfer_samples or DEFAULT_GENERATED)
+        if self.num_samples < 0 or (self.num_samples == 0 and not self.unlabeled_texts):
+            raise ValueError(
+                f"num_samples must be >= 1 (or 0 with unlabeled_texts, which then fill the transfer set), got "
+                f"{self.num_samples}."
+            )
+        if self.sampling_engine not in ENGINES:
+            raise ValueError(f"sampling_engine must be one of {ENGINES}, got {self.sampling_engine!r}.")
+        if self.sampling_precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"sampling_precision must be 'auto', 'fp32' or 'bf16', got {self.sampling_precision!r}.")
+        if self.prompt_opening_words < 0:
+            raise ValueError(f"prompt_opening_words must be >= 0, got {self.prompt_opening_words}.")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}.")
         if self.temperature <= 0:
@@ -352,6 +406,10 @@ class TextGenerationAugmenter:
         self.stats: dict[str, Any] = {}
         self._generator_bf16 = self._teacher_bf16 = False  # set per call of augment()
         self.labelling: LabellingChoice | None = None  # the teacher's labelling form, chosen per call of augment()
+        self.sampler_choice: SamplerChoice | None = None  # the engine and weights that sample, chosen by measurement
+        self._sampler: ContinuousSampler | None = None
+        self._openings: list[list[str]] | None = None  # per label, the opening words prompts may carry
+        self.fine_tune_lines_cut = 0
 
     # ------------------------------------------------------------------------------------------- conditioning
     def format_example(self, label_name: str, text: str) -> str:
@@ -382,6 +440,16 @@ class TextGenerationAugmenter:
             data = data.shuffle(seed=args.seed).select(range(args.fine_tune_max_samples))
         lines = [self.format_example(label_names[y], t) for t, y in zip(data[text_column], data[label_column])]
         max_tokens = (args.max_new_tokens or 64) + 8
+        context = _context_length(self.model)
+        if context is not None:
+            max_tokens = min(max_tokens, context)
+        lengths = [len(ids) for ids in self.tokenizer(lines, add_special_tokens=False)["input_ids"]]
+        self.fine_tune_lines_cut = sum(n > max_tokens for n in lengths)  # bounded before training, and counted
+        if self.fine_tune_lines_cut:
+            logger.warning(
+                f"{self.fine_tune_lines_cut} of {len(lines)} fine-tuning lines are longer than {max_tokens} tokens "
+                "and were cut to that length."
+            )
         encoded = Dataset.from_dict({"line": lines}).map(
             lambda b: _with_labels(
                 self.tokenizer(b["line"], truncation=True, max_length=max_tokens, add_special_tokens=False)
@@ -464,8 +532,17 @@ class TextGenerationAugmenter:
     # --------------------------------------------------------------------------------------------- generation
     @torch.no_grad()
     def generate_batch(self, prompts: list[str], seed: int) -> list[str]:
-        """Sample one continuation per prompt (left-padded batch, KV cache), decoded without the prompt."""
-        args = self.args
+        """Sample one continuation per prompt, decoded without the prompt: with the continuous sampler when it was
+        chosen (`choose_sampling`), else `model.generate` on left-padded batches of `generation_batch_size`."""
+        if self._sampler is not None:
+            ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+            return self._decode(self._sampler.sample(ids, seed))
+        texts = []
+        for start in range(0, len(prompts), self.args.generation_batch_size):
+            texts += self._generate_padded(prompts[start : start + self.args.generation_batch_size], seed + start)
+        return texts
+
+    def _generate_padded(self, prompts: list[str], seed: int) -> list[str]:
         torch.manual_seed(seed)
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(self.model.parameters()).device
@@ -475,12 +552,16 @@ class TextGenerationAugmenter:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self._generator_bf16):
             out = self._sample(enc)
         self.model.train(was_training)
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
+        return self._decode(out[:, enc["input_ids"].shape[1] :].tolist())
+
+    def _decode(self, new_tokens: list[list[int]]) -> list[str]:
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=False)
         # Chat-tuned generators may end with a special token other than the declared eos (SmolLM2's <|im_end|>).
         stops = [t for t in self.tokenizer.all_special_tokens if t != self.tokenizer.pad_token]
         return [
-            clean_generation(t.replace(self.tokenizer.pad_token, ""), args.separator, self.tokenizer.eos_token, stops)
+            clean_generation(
+                t.replace(self.tokenizer.pad_token, ""), self.args.separator, self.tokenizer.eos_token, stops
+            )
             for t in texts
         ]
 
@@ -499,6 +580,44 @@ class TextGenerationAugmenter:
             use_cache=True,
         )
 
+    def choose_sampling(self, prompt_names: list[str]) -> SamplerChoice:
+        """The engine and the generator's weight precision for sampling, by measurement on this model
+        (`sampling.choose_sampler`), set up for `generate_batch` and returned for the record."""
+        args = self.args
+        prompts = [f"{name}{args.separator}" for name in prompt_names]
+        choice = choose_sampler(
+            self.model,
+            self.tokenizer(prompts, add_special_tokens=False)["input_ids"],
+            pad_token_id=self.tokenizer.pad_token_id,
+            batch_size=args.generation_batch_size,
+            engine=args.sampling_engine,
+            precision=args.sampling_precision,
+        )
+        self.sampler_choice = choice
+        self._sampler = None
+        if choice.engine == "continuous":
+            # A row ends at any token after which clean_generation would cut the text anyway: end-of-sequence and
+            # the other special tokens, a newline, the separator (a new label prompt).
+            stops = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+            stops |= {self.tokenizer.convert_tokens_to_ids(t) for t in self.tokenizer.all_special_tokens}
+            cuts = ["\n"] if args.separator == " " else ["\n", args.separator]
+            vocabulary = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            stops |= {i for i, piece in enumerate(vocabulary) if any(cut in piece for cut in cuts)}
+            self._sampler = ContinuousSampler(
+                sampling_model(self.model, choice.precision),
+                SamplingSettings(
+                    max_new_tokens=self._max_new_tokens,
+                    top_p=args.top_p,
+                    top_k=args.top_k,
+                    temperature=args.temperature,
+                    repetition_penalty=args.repetition_penalty,
+                ),
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_ids=sorted(t for t in stops if t is not None),
+                batch_size=args.generation_batch_size,
+            )
+        return choice
+
     def _set_length_bounds(self, texts: Sequence[str]) -> None:
         """Word-length bounds and the token budget per sample, from the settings or else the training texts."""
         args = self.args
@@ -509,6 +628,26 @@ class TextGenerationAugmenter:
         self._min_words = args.min_words if args.min_words is not None else max(1, int(np.percentile(words, 1)))
         self._max_words = args.max_words if args.max_words is not None else int(np.percentile(words, 99))
         self._max_new_tokens = args.max_new_tokens or int(np.percentile(tokens, 99)) + 2
+
+    def _bound_to_context(self, prompt_names: list[str]) -> dict[str, Any]:
+        """Keep the longest prompt plus the token budget inside the generator's context, and say what was cut."""
+        context = _context_length(self.model)
+        if context is None:
+            return {}
+        prompts = [f"{name}{self.args.separator}" for name in prompt_names]
+        prompts += [f"{prompt_names[0]}{self.args.separator}{o}" for pool in self._openings or [] for o in pool]
+        longest = max(len(ids) for ids in self.tokenizer(prompts, add_special_tokens=False)["input_ids"])
+        if longest >= context:
+            raise AugmentationError(
+                f"The generator's context is {context} tokens and the longest prompt is {longest}: nothing could be "
+                "generated. Use fewer prompt_opening_words or a generator with a longer context."
+            )
+        record = {"context": context, "longest_prompt": longest, "max_new_tokens": self._max_new_tokens}
+        if longest + self._max_new_tokens > context:
+            record["max_new_tokens_asked"] = self._max_new_tokens
+            self._max_new_tokens = record["max_new_tokens"] = context - longest
+            logger.warning(f"max_new_tokens bounded to {self._max_new_tokens}: the generator's context is {context}.")
+        return record
 
     def _per_label_targets(self, labels: Sequence[int], num_labels: int, total: int) -> list[int]:
         if self.args.label_distribution == "balanced":
@@ -592,24 +731,36 @@ class TextGenerationAugmenter:
         train_texts = [str(t) for t in train_dataset[text_column]]
         train_labels = [int(y) for y in train_dataset[label_column]]
         self._set_length_bounds(train_texts)
+        exclude_texts = list(exclude_texts or [])
+        # Before any long work: the openings prompts may carry, and the prompt and budget inside the context.
+        openings = self._set_openings(train_texts, train_labels, len(label_names), exclude_texts)
+        prompt_names = self.prompt_names(label_names)
+        context = self._bound_to_context(prompt_names)
         state = process_state()
         start = time.perf_counter()
-        prompt_names = self.prompt_names(label_names)
-        if args.fine_tune:
+        if args.fine_tune and args.num_samples > 0:
             self.fine_tune(train_dataset, prompt_names, text_column, label_column)
         fine_tune_seconds = time.perf_counter() - start
 
         excluded = {normalize_text(t) for t in train_texts}
-        excluded.update(normalize_text(t) for t in (exclude_texts or []))
+        excluded.update(normalize_text(t) for t in exclude_texts)
         rank, world = state.process_index, state.num_processes
         share = args.num_samples // world + (1 if rank < args.num_samples % world else 0)
         targets = self._per_label_targets(train_labels, len(label_names), share)
         shard_dir = Path(args.output_dir) / SHARD_DIR / f"process_{rank}" if args.output_dir else None
+        sampling = self.choose_sampling(prompt_names).to_dict() if share > 0 else None
         kept, stats = self._generate_all(
             label_names, targets, excluded, prompt_names, shard_dir, args.seed + 1009 * rank
         )
         stats["generation_seconds"] = time.perf_counter() - start - fine_tune_seconds
         kept, stats = _merge_process_shares(gather_object([kept]), gather_object([stats]), label_names)
+        stats.update(sampling=sampling, prompt_openings=openings, context=context)
+        stats["fine_tune_lines_cut"] = self.fine_tune_lines_cut
+        stats["quality"] = generation_quality([t for t, _ in kept], train_texts, args.seed)
+        if stats["generated"]:
+            stats["quality"]["rejected_share"] = {
+                k: round(v / stats["generated"], 4) for k, v in stats["rejected"].items()
+            }
         if unlabeled:  # the same on every process: read and filtered deterministically
             excluded.update(normalize_text(text) for text, _ in kept)
             cap = None if args.max_transfer_samples is None else max(0, args.max_transfer_samples - len(kept))
@@ -631,9 +782,15 @@ class TextGenerationAugmenter:
                 "length bounds, raise max_attempts_factor, or fine-tune the generator longer."
             )
         dataset = self.relabel(dataset, teacher, teacher_tokenizer, label_names, stats)
+        sources = Counter(dataset["source"])
         stats.update(
             fine_tune_seconds=fine_tune_seconds,
             accepted_per_second=stats["kept"] / max(stats["generation_seconds"], 1e-9),
+            # What built the transfer set, after every filter: the card and results.json name each with its count.
+            sources={
+                **({"generated": sources["generated"]} if sources["generated"] else {}),
+                **({f"unlabeled:{args.unlabeled_texts}": sources["unlabeled"]} if sources["unlabeled"] else {}),
+            },
         )
         self.stats = stats
         if args.output_dir and state.is_main_process:
@@ -688,13 +845,14 @@ class TextGenerationAugmenter:
                 tried = generated + len(texts) - reasons["label_full"]
                 acceptance = max(len(kept) / tried, 0.1) if tried else 1.0
                 want = np.ceil(need / acceptance)
-                if want.sum() > args.generation_batch_size:
-                    want = np.maximum(1, np.round(want / want.sum() * args.generation_batch_size))
-                prompt_labels = [lab for lab, c in zip(missing, want.astype(int)) for _ in range(c)][
-                    : args.generation_batch_size
-                ]
-                prompts = [f"{prompt_names[i]}{args.separator}" for i in prompt_labels]
-                texts += self.generate_batch(prompts, seed=seed * 1_000_003 + shard_index * 10_007 + len(texts))
+                room = args.shard_size - len(texts)  # one call samples up to a shard: slots refill across it
+                if want.sum() > room:
+                    want = np.maximum(1, np.round(want / want.sum() * room))
+                prompt_labels = [lab for lab, c in zip(missing, want.astype(int)) for _ in range(c)][:room]
+                call_seed = seed * 1_000_003 + shard_index * 10_007 + len(texts)
+                openings = self._draw_openings(prompt_labels, call_seed)
+                prompts = [f"{prompt_names[i]}{args.separator}{o}" for i, o in zip(prompt_labels, openings)]
+                texts += [_join_opening(o, t) for o, t in zip(openings, self.generate_batch(prompts, seed=call_seed))]
                 labels += prompt_labels
                 for text, label in zip(texts[-len(prompts) :], prompt_labels):
                     self._consider(text, label, targets, per_label, seen, excluded, kept, reasons)
@@ -722,6 +880,44 @@ class TextGenerationAugmenter:
             )
         return kept, stats
 
+    def _set_openings(
+        self, texts: Sequence[str], labels: Sequence[int], num_labels: int, excluded: Iterable[str]
+    ) -> dict:
+        """Per label, the opening words of training sentences that prompts may carry (`prompt_opening_words`), and
+        how many were dropped: an opening that begins a validation or test sentence (`excluded`) could lead the
+        generator straight into it, and a sentence no longer than the opening has nothing left to continue."""
+        n = self.args.prompt_opening_words
+        self._openings = None
+        if n <= 0:
+            return {}
+        leaking = {" ".join(normalize_text(t).split()[:n]) for t in excluded if len(t.split()) >= n}
+        pools: list[list[str]] = [[] for _ in range(num_labels)]
+        counts = Counter()
+        for text, label in zip(texts, labels):
+            words = text.split()
+            if len(words) <= n:
+                counts["sentence_too_short"] += 1
+                continue
+            opening = " ".join(words[:n])
+            if " ".join(normalize_text(opening).split()) in leaking:
+                counts["leaks_validation_or_test"] += 1
+                continue
+            pools[label].append(opening)
+        empty = [i for i, pool in enumerate(pools) if not pool]
+        if empty:
+            raise AugmentationError(
+                f"prompt_opening_words={n}: no training sentence of label(s) {empty} is longer than {n} words without "
+                f"beginning a validation or test sentence ({dict(counts)}). Use fewer words, or 0 for label prompts."
+            )
+        self._openings = pools
+        return {"words": n, "openings": sum(len(p) for p in pools), "dropped": dict(counts)}
+
+    def _draw_openings(self, labels: list[int], seed: int) -> list[str]:
+        if self._openings is None:
+            return [""] * len(labels)
+        rng = np.random.default_rng(seed)
+        return [self._openings[label][rng.integers(len(self._openings[label]))] for label in labels]
+
     def _check_manifest(self, shard_dir: Path, prompt_names: list[str], targets: list[int], seed: int) -> None:
         """Shards only resume a run with the same sampling settings; anything else would mix two different runs."""
         args = self.args
@@ -740,8 +936,11 @@ class TextGenerationAugmenter:
             "shard_size",
             "generator_name_or_path",
             "gguf_file",
+            "prompt_opening_words",
         )
         manifest = {k: getattr(args, k) for k in keys}
+        if self.sampler_choice is not None:  # another engine or precision samples other sentences from the same seed
+            manifest["sampling"] = [self.sampler_choice.engine, self.sampler_choice.precision]
         manifest.update(prompt_names=prompt_names, targets=targets, seed=seed, max_new_tokens=self._max_new_tokens)
         path = shard_dir / "manifest.json"
         if path.exists():
@@ -887,6 +1086,60 @@ class TextGenerationAugmenter:
                 "min_teacher_confidence or turn off require_label_agreement."
             )
         return dataset
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
+    """Distinct n-grams over all n-grams of `texts` (lower-cased words): the usual diversity measure of generated
+    text. It falls as more text is pooled, so compare sets of the same size."""
+    grams = [
+        tuple(words[i : i + n]) for t in texts for words in [t.lower().split()] for i in range(len(words) - n + 1)
+    ]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def _length_summary(texts: Sequence[str]) -> dict[str, float] | None:
+    if not texts:
+        return None
+    words = np.array([len(t.split()) for t in texts])
+    return {
+        "mean_words": round(float(words.mean()), 2),
+        **{f"p{q}_words": float(np.percentile(words, q)) for q in (10, 50, 90)},
+    }
+
+
+def generation_quality(generated: Sequence[str], training: Sequence[str], seed: int) -> dict[str, Any]:
+    """Distinct-2 and the length distribution of the kept generated sentences against as many training sentences
+    (drawn at random, so distinct-2 compares sets of one size)."""
+    if not generated:
+        return {}
+    size = min(len(generated), len(training))
+    rng = np.random.default_rng(seed)
+    gen = [generated[i] for i in rng.permutation(len(generated))[:size]]
+    train = [training[i] for i in rng.permutation(len(training))[:size]]
+    return {
+        "compared_sentences": size,
+        "distinct_2": {"generated": distinct_n(gen), "training": distinct_n(train)},
+        "length": {"generated": _length_summary(generated), "training": _length_summary(training)},
+    }
+
+
+def _context_length(model: PreTrainedModel) -> int | None:
+    """The longest sequence the generator's position embeddings cover, when its config says."""
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _join_opening(opening: str, continuation: str) -> str:
+    """The prompt's opening words and the generator's continuation as one sentence."""
+    if not opening:
+        return continuation
+    if not continuation or continuation[0] in ".,;:!?'" or continuation.startswith("n't"):
+        return opening + continuation
+    return f"{opening} {continuation}"
 
 
 def _merge_process_shares(

@@ -987,11 +987,14 @@ class Pipeline:
         if self.is_main:
             write_atomic(aug_dir / "augmented", partial(Dataset.save_to_disk, generated))
         labelling = augmenter.stats.get("teacher_labelling")
+        sampling = augmenter.stats.get("sampling")
+        recorded = self._recorded_precisions()
         if labelling:  # beside every stage's precision, so results.json and the card show it
-            recorded = self._recorded_precisions()
             recorded[TRANSFER_LABELLING] = {"stage": TRANSFER_LABELLING, "precision": labelling["form"], **labelling}
-            if self.is_main:
-                write_json(self.out / PRECISION_FILE, recorded)
+        if sampling:  # the engine and the generator's weights that sampled, measured on this machine
+            recorded["sampling"] = {"stage": "sampling", **sampling}
+        if (labelling or sampling) and self.is_main:
+            write_json(self.out / PRECISION_FILE, recorded)
 
     # ------------------------------------------------------------------------------------------- distillation
     def stage_distillation_original(self) -> None:
