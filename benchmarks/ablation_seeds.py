@@ -31,6 +31,8 @@ issue 22:
     python benchmarks/ablation_seeds.py --merge seed1.json seed2.json seed3.json   # seeds run apart, summarized
     python benchmarks/ablation_seeds.py RUN_DIR --seeds 42 --rows distilled_transfer --transfer-size 50000 --bf16
     python benchmarks/ablation_seeds.py RUN_DIR --seeds 42 --rows distilled_transfer --first 2000  # a curve's point
+    python benchmarks/ablation_seeds.py RUN_DIR --rows distilled_transfer --first 2000 --first-from OTHER_RUN \
+        --first-source unlabeled                                     # another run's unlabelled sentences, same size
     python benchmarks/ablation_seeds.py RUN_DIR --rows distilled_transfer --set distillation_loss=mse \
         distillation_weight=1.0 --bf16
     python benchmarks/ablation_seeds.py RUN_DIR --rows distilled_transfer --set pooled_distillation_weight=1.0
@@ -99,15 +101,18 @@ def training_data(
     return concatenate_datasets([original, extra])
 
 
-def first_transfer(run_dir: Path, size: int) -> Dataset:
-    """The original rows and the first `size` transfer sentences of the run's own transfer set, in the order the run
-    made them: the smaller points of a transfer-set curve, from one run."""
-    run_transfer = load_from_disk(str(run_dir / "distillation_data" / "transfer"))
-    sources = np.asarray(run_transfer["source"])
-    extra = np.flatnonzero(sources != "original")
+def first_transfer(run_dir: Path, size: int, source_run: Path | None = None, source: str | None = None) -> Dataset:
+    """The original rows and the first `size` transfer sentences of the run's own transfer set (or `source_run`'s,
+    same teacher), in the order the run made them, only those of `source` when given: a transfer-set curve's points,
+    and another source at an equal size."""
+    own = load_from_disk(str(run_dir / "distillation_data" / "transfer"))
+    donor = load_from_disk(str(source_run / "distillation_data" / "transfer")) if source_run else own
+    sources = np.asarray(donor["source"])
+    extra = np.flatnonzero((sources == source) if source else (sources != "original"))
     if len(extra) < size:
-        raise SystemExit(f"--first {size}: the run's transfer set holds {len(extra)} sentences.")
-    return run_transfer.select(np.flatnonzero(sources == "original").tolist() + extra[:size].tolist())
+        raise SystemExit(f"--first {size}: the transfer set holds {len(extra)} {source or 'transfer'} sentences.")
+    original = own.select(np.flatnonzero(np.asarray(own["source"]) == "original").tolist())
+    return concatenate_datasets([original, donor.select(extra[:size].tolist()).cast(original.features)])
 
 
 def extended_transfer(run_dir: Path, recipe: Any, size: int, splits: Any) -> Dataset:
@@ -289,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--first", type=int, help="Train distilled_transfer on the first N sentences of the run's own transfer set."
     )
+    parser.add_argument("--first-from", type=Path, help="With --first: another run's transfer set (same teacher).")
+    parser.add_argument("--first-source", choices=["generated", "unlabeled"], help="With --first: only this source.")
     parser.add_argument(
         "--set", nargs="+", default=[], metavar="FIELD=VALUE", help="student_training settings changed for every row."
     )
@@ -335,10 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.first:
         if transfer is not None:
             parser.error("Give --transfer-size or --first, not both.")
-        transfer = first_transfer(run_dir, args.first)
+        transfer = first_transfer(run_dir, args.first, args.first_from, args.first_source)
     tag = ",".join(
         ([f"transfer={args.transfer_size}"] if args.transfer_size else [])
         + ([f"first={args.first}"] if args.first else [])
+        + ([f"from={args.first_from.name}"] if args.first and args.first_from else [])
+        + ([f"source={args.first_source}"] if args.first and args.first_source else [])
         + list(args.set)
         + (["bf16"] if args.bf16 else [])
     )

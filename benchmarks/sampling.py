@@ -150,21 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         augmenter._set_length_bounds(train_texts)
         augmenter.choose_sampling(augmenter.prompt_names(label_names))
         if name == "static_compile32":
-            sample = augmenter._sample
 
             def static_sample(enc, _augmenter=augmenter):
-                a = _augmenter.args
-                return _augmenter.model.generate(
-                    **enc,
-                    do_sample=True,
-                    top_p=a.top_p,
-                    temperature=a.temperature,
-                    max_new_tokens=_augmenter._max_new_tokens,
-                    pad_token_id=_augmenter.tokenizer.pad_token_id,
-                    eos_token_id=_augmenter.tokenizer.eos_token_id,
-                    cache_implementation="static",
-                    compile_config=_cpu_compile_config(),
-                )
+                static = {"cache_implementation": "static", "compile_config": _cpu_compile_config()}
+                return _augmenter.model.generate(**enc, **_augmenter.generate_kwargs(), **static)
 
             augmenter._sample = static_sample
             compile_start = time.perf_counter()
@@ -172,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"static_compile32: first call (compilation) {time.perf_counter() - compile_start:.1f} s", flush=True
             )
-            del sample
         results[name] = measure(augmenter, train_texts, label_names, parsed.per_label, parsed.seed)
         print(name, json.dumps(results[name]), flush=True)
 

@@ -15,7 +15,7 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from datasets import ClassLabel, Dataset, Features, Value  # noqa: E402
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,
@@ -157,3 +157,38 @@ def args_for(tmp_path, cls=None, **kwargs):
     `TrainingArguments` for a plain Trainer's, else they are `DistillationTrainingArguments`."""
     tiny = TinyTrainingArguments if cls is TrainingArguments else TinyDistillationArguments
     return tiny(**{"output_dir": str(tmp_path / "out"), **kwargs})
+
+
+# The generator tests' corpus (three labels) and byte-level BPE tokenizer, shared by test_augmentation and test_sampling.
+LABELS = ["neg", "pos", "neutral"]
+
+
+def byte_level_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(
+        texts + LABELS,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def make_corpus() -> Dataset:
+    texts, labels = make_sentences(90, seed=3, num_labels=3)
+    return Dataset.from_dict(
+        {"text": texts, "label": labels},
+        features=Features({"text": Value("string"), "label": ClassLabel(names=LABELS)}),
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus() -> Dataset:
+    return make_corpus()
+
+
+@pytest.fixture(scope="module")
+def gen_tokenizer(corpus):
+    return byte_level_tokenizer(list(corpus["text"]))

@@ -3,10 +3,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_bert, make_sentences, train_wordpiece_tokenizer
-from datasets import ClassLabel, Dataset, Features, Value
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from conftest import LABELS, byte_level_tokenizer, make_bert, make_sentences, train_wordpiece_tokenizer
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from trainer_ext.augmentation import (
     GENERATOR_DIR,
@@ -20,39 +19,6 @@ from trainer_ext.augmentation import (
     normalize_text,
     split_sentences,
 )
-
-LABELS = ["neg", "pos", "neutral"]
-
-
-def byte_level_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(
-        texts + LABELS,
-        trainers.BpeTrainer(
-            vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-
-
-def make_corpus() -> Dataset:
-    texts, labels = make_sentences(90, seed=3, num_labels=3)
-    return Dataset.from_dict(
-        {"text": texts, "label": labels},
-        features=Features({"text": Value("string"), "label": ClassLabel(names=LABELS)}),
-    )
-
-
-@pytest.fixture(scope="module")
-def corpus() -> Dataset:
-    return make_corpus()
-
-
-@pytest.fixture(scope="module")
-def gen_tokenizer(corpus):
-    return byte_level_tokenizer(list(corpus["text"]))
 
 
 def tiny_gpt2(tokenizer, seed=0) -> GPT2LMHeadModel:

@@ -3,23 +3,12 @@ nucleus sampling on its fast path, and the engine choice with its fallback."""
 
 import pytest
 import torch
-from datasets import Dataset
-from test_augmentation import byte_level_tokenizer, make_args, make_corpus, tiny_gpt2
+from test_augmentation import make_args, tiny_gpt2
 from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from trainer_ext.augmentation import TextGenerationAugmenter
 from trainer_ext.sampling import CANDIDATES, ContinuousSampler, SamplingSettings, choose_sampler
-
-
-@pytest.fixture(scope="module")
-def corpus() -> Dataset:
-    return make_corpus()
-
-
-@pytest.fixture(scope="module")
-def gen_tokenizer(corpus):
-    return byte_level_tokenizer(list(corpus["text"]))
 
 
 def tiny_llama(tokenizer, seed=0) -> LlamaForCausalLM:

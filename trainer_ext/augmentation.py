@@ -566,19 +566,21 @@ class TextGenerationAugmenter:
         ]
 
     def _sample(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
-        args = self.args
-        return self.model.generate(
-            **enc,
-            do_sample=True,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            temperature=args.temperature,
-            repetition_penalty=args.repetition_penalty,
-            max_new_tokens=self._max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-            use_cache=True,
-        )
+        return self.model.generate(**enc, **self.generate_kwargs())
+
+    def sampling_settings(self) -> SamplingSettings:
+        a = self.args
+        return SamplingSettings(self._max_new_tokens, a.top_p, a.top_k, a.temperature, a.repetition_penalty)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """What `model.generate` samples with: the same settings as the continuous sampler's."""
+        return {
+            **asdict(self.sampling_settings()),
+            "do_sample": True,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            "use_cache": True,
+        }
 
     def choose_sampling(self, prompt_names: list[str]) -> SamplerChoice:
         """The engine and the generator's weight precision for sampling, by measurement on this model
@@ -605,13 +607,7 @@ class TextGenerationAugmenter:
             stops |= {i for i, piece in enumerate(vocabulary) if any(cut in piece for cut in cuts)}
             self._sampler = ContinuousSampler(
                 sampling_model(self.model, choice.precision),
-                SamplingSettings(
-                    max_new_tokens=self._max_new_tokens,
-                    top_p=args.top_p,
-                    top_k=args.top_k,
-                    temperature=args.temperature,
-                    repetition_penalty=args.repetition_penalty,
-                ),
+                self.sampling_settings(),
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_ids=sorted(t for t in stops if t is not None),
                 batch_size=args.generation_batch_size,
