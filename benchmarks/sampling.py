@@ -11,6 +11,7 @@ token slots that were real tokens rather than padding behind a finished row.
 Settings:
   generate32                    model.generate on padded batches of 32 under the run's generator precision (bf16
                                 autocast on a bf16 CPU): the loop before issue 23
+  generate32_fp32               the same in FP32 (what a CPU without fast bf16 runs)
   static_compile32              the same with a static KV cache and torch.compile of the forward (transformers'
                                 CompileConfig, on CPU too), bf16 weights instead of autocast on a bf16 CPU
   continuous_<fp32|bf16>_<B>    trainer_ext.sampling.ContinuousSampler with B rows in flight and FP32 or bf16 weights
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_generator(str(generator_dir))
     for name in parsed.settings.split(","):
         args = copy.deepcopy(base_args)
-        if name in ("generate32", "static_compile32"):
+        if name in ("generate32", "generate32_fp32", "static_compile32"):
             args.sampling_engine, args.generation_batch_size = "generate", 32
         elif name.startswith("continuous_"):
             _, precision, batch = name.split("_")
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         # where the run's generator ran under bf16 autocast.
         static_bf16 = name == "static_compile32" and _generator_bf16(run_dir)
         augmenter = TextGenerationAugmenter(sampling_model(model, "bf16") if static_bf16 else model, tokenizer, args)
-        augmenter._generator_bf16 = _generator_bf16(run_dir) and not static_bf16
+        augmenter._generator_bf16 = _generator_bf16(run_dir) and not static_bf16 and name != "generate32_fp32"
         augmenter._set_length_bounds(train_texts)
         augmenter.choose_sampling(augmenter.prompt_names(label_names))
         if name == "static_compile32":

@@ -1449,6 +1449,12 @@ def summary_table(results: dict[str, Any]) -> str:
         fallback = (results["precision"].get(TRANSFER_LABELLING) or {}).get("fallback")
         if fallback:
             lines.append(f"transfer labelling: {fallback}")
+        sampling = (results["precision"].get("sampling") or {}).get("fallback")
+        if sampling:
+            lines.append(f"sampling: {sampling}")
+    sources = (results.get("augmentation") or {}).get("sources")
+    if sources:
+        lines.append("transfer set: " + ", ".join(f"{count:,} {source}" for source, count in sources.items()))
     if results.get("stages"):
         lines.append("stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in results["stages"].items()))
     return "\n".join(lines)
