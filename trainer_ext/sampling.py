@@ -12,7 +12,8 @@ sampling loop over the model's own forward and `DynamicCache`:
 - the freed slots are refilled from the queue of prompts: the new prompts are pre-filled together and their cache is
   joined to the running one, left-padded to the same length and masked; cache columns that no row attends to any more
   are dropped;
-- the next token is drawn with transformers' own logits processors (temperature, top-k, top-p, repetition penalty).
+- the next token is drawn as `generate` draws it (temperature, top-k, top-p, repetition penalty), the nucleus looked
+  for among the likeliest tokens first and found by transformers' own `TopPLogitsWarper` where it lies beyond them.
 
 `choose_sampler` decides, per machine and generator, between this loop and `model.generate` and between FP32 and bf16
 weights, by timing a few decode steps of each on the real model, and falls back to `model.generate` with the reason
