@@ -63,10 +63,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer_ext.benchmark import ClassifierRunner, accuracy, cpu_description  # noqa: E402
-from trainer_ext.precision import training_precision_kwargs  # noqa: E402
-from trainer_ext.recipe import load_recipe  # noqa: E402
-from trainer_ext.trainer import DistillationTrainer  # noqa: E402
+from trainer_ext.deployment.benchmark import ClassifierRunner, accuracy, cpu_description  # noqa: E402
+from trainer_ext.pipeline.recipe import load_recipe  # noqa: E402
+from trainer_ext.training.precision import training_precision_kwargs  # noqa: E402
+from trainer_ext.training.trainer import DistillationTrainer  # noqa: E402
 
 ROWS = ("no_distillation", "distilled_original", "distilled_transfer")
 SOURCE_ROWS = {"distilled_unlabeled": "unlabeled", "distilled_generated": "generated"}
@@ -118,9 +118,9 @@ def first_transfer(run_dir: Path, size: int, source_run: Path | None = None, sou
 def extended_transfer(run_dir: Path, recipe: Any, size: int, splits: Any) -> Dataset:
     """The run's transfer set grown (or cut) to `size` transfer sentences: its generated rows, then unlabelled
     sentences in the pipeline's own seeded order and filters, the new ones labelled by the run's teacher."""
-    from trainer_ext.augmentation import TextGenerationAugmenter, load_unlabeled_texts, normalize_text
-    from trainer_ext.precision import bf16_support
-    from trainer_ext.teacher import compute_teacher_logits
+    from trainer_ext.data.transfer.augmentation import TextGenerationAugmenter, load_unlabeled_texts, normalize_text
+    from trainer_ext.training.precision import bf16_support
+    from trainer_ext.training.teacher import compute_teacher_logits
 
     cached = run_dir / "ablation_seeds" / f"transfer_{size}"
     if (cached / "dataset_info.json").exists():

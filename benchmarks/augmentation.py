@@ -34,19 +34,19 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from trainer_ext.assets import smollm2_gguf_path  # noqa: E402
-from trainer_ext.augmentation import (  # noqa: E402
+from trainer_ext.data.assets import smollm2_gguf_path  # noqa: E402
+from trainer_ext.data.loading import load_offline_rotten_tomatoes  # noqa: E402
+from trainer_ext.data.transfer.augmentation import (  # noqa: E402
     AugmentationArguments,
     TextGenerationAugmenter,
     clean_generation,
     load_generator,
     merge_with_original,
 )
-from trainer_ext.benchmark import ClassifierRunner, accuracy  # noqa: E402
-from trainer_ext.data import load_offline_rotten_tomatoes  # noqa: E402
-from trainer_ext.recipe import load_recipe  # noqa: E402
-from trainer_ext.students import build_student, calibration_batches  # noqa: E402
-from trainer_ext.trainer import DistillationTrainer  # noqa: E402
+from trainer_ext.deployment.benchmark import ClassifierRunner, accuracy  # noqa: E402
+from trainer_ext.pipeline.recipe import load_recipe  # noqa: E402
+from trainer_ext.training.students import build_student, calibration_batches  # noqa: E402
+from trainer_ext.training.trainer import DistillationTrainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -28,8 +28,8 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from trainer_ext import DistillationTrainer, DistillationTrainingArguments, build_student  # noqa: E402
-from trainer_ext.assets import minilm_teacher_path  # noqa: E402
-from trainer_ext.data import load_offline_rotten_tomatoes  # noqa: E402
+from trainer_ext.data.assets import minilm_teacher_path  # noqa: E402
+from trainer_ext.data.loading import load_offline_rotten_tomatoes  # noqa: E402
 
 
 class EpochTimer(TrainerCallback):

@@ -26,9 +26,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer_ext.benchmark import ClassifierRunner, cpu_description  # noqa: E402
-from trainer_ext.precision import bf16_support  # noqa: E402
-from trainer_ext.teacher import compute_teacher_logits  # noqa: E402
+from trainer_ext.deployment.benchmark import ClassifierRunner, cpu_description  # noqa: E402
+from trainer_ext.training.precision import bf16_support  # noqa: E402
+from trainer_ext.training.teacher import compute_teacher_logits  # noqa: E402
 
 FAITHFUL = 0.99
 

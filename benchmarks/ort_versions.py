@@ -26,8 +26,8 @@ CHILD = r"""
 import json, sys
 import onnxruntime
 from transformers import AutoTokenizer
-from trainer_ext.benchmark import ClassifierRunner, serving_latency
-from trainer_ext.data import load_offline_rotten_tomatoes
+from trainer_ext.deployment.benchmark import ClassifierRunner, serving_latency
+from trainer_ext.data.loading import load_offline_rotten_tomatoes
 folder, runs = sys.argv[1], int(sys.argv[2])
 graphs = json.loads(sys.argv[3])
 tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     targets = {v: install(v, args.cache) for v in args.versions}
-    from trainer_ext.benchmark import cpu_description
+    from trainer_ext.deployment.benchmark import cpu_description
 
     print(f"CPU: {cpu_description()}; graphs in {args.onnx_folder}; {args.rounds} rounds", flush=True)
     measured: dict[str, list[dict]] = {v: [] for v in args.versions}

@@ -25,12 +25,12 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer_ext.assets import packaged_source  # noqa: E402
-from trainer_ext.augmentation import load_generator  # noqa: E402
-from trainer_ext.benchmark import cpu_description  # noqa: E402
-from trainer_ext.data import load_text_classification_dataset  # noqa: E402
-from trainer_ext.precision import bf16_support, choose_precision  # noqa: E402
-from trainer_ext.students import build_student  # noqa: E402
+from trainer_ext.data.assets import packaged_source  # noqa: E402
+from trainer_ext.data.loading import load_text_classification_dataset  # noqa: E402
+from trainer_ext.data.transfer.augmentation import load_generator  # noqa: E402
+from trainer_ext.deployment.benchmark import cpu_description  # noqa: E402
+from trainer_ext.training.precision import bf16_support, choose_precision  # noqa: E402
+from trainer_ext.training.students import build_student  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer  # no
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer_ext.augmentation import AugmentationArguments, TextGenerationAugmenter  # noqa: E402
-from trainer_ext.benchmark import cpu_description  # noqa: E402
-from trainer_ext.precision import bf16_support  # noqa: E402
+from trainer_ext.data.transfer.augmentation import AugmentationArguments, TextGenerationAugmenter  # noqa: E402
+from trainer_ext.deployment.benchmark import cpu_description  # noqa: E402
+from trainer_ext.training.precision import bf16_support  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,10 +27,10 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from trainer_ext.benchmark import ClassifierRunner, interleaved_latency  # noqa: E402
-from trainer_ext.data import load_offline_rotten_tomatoes  # noqa: E402
+from trainer_ext.data.loading import load_offline_rotten_tomatoes  # noqa: E402
+from trainer_ext.deployment.benchmark import ClassifierRunner, interleaved_latency  # noqa: E402
+from trainer_ext.deployment.quantization import QuantizationArguments, quantize_model  # noqa: E402
 from trainer_ext.files import write_json  # noqa: E402
-from trainer_ext.quantization import QuantizationArguments, quantize_model  # noqa: E402
 
 
 def profile(

@@ -14,7 +14,7 @@ Settings:
   generate32_fp32               the same in FP32 (what a CPU without fast bf16 runs)
   static_compile32              the same with a static KV cache and torch.compile of the forward (transformers'
                                 CompileConfig, on CPU too), bf16 weights instead of autocast on a bf16 CPU
-  continuous_<fp32|bf16>_<B>    trainer_ext.sampling.ContinuousSampler with B rows in flight and FP32 or bf16 weights
+  continuous_<fp32|bf16>_<B>    trainer_ext.data.transfer.sampling.ContinuousSampler with B rows in flight and FP32 or bf16 weights
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from datasets import load_from_disk  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer_ext.augmentation import AugmentationArguments, TextGenerationAugmenter, load_generator  # noqa: E402
-from trainer_ext.benchmark import cpu_description  # noqa: E402
-from trainer_ext.sampling import sampling_model  # noqa: E402
+from trainer_ext.data.transfer.augmentation import AugmentationArguments, TextGenerationAugmenter, load_generator  # noqa: E402
+from trainer_ext.data.transfer.sampling import sampling_model  # noqa: E402
+from trainer_ext.deployment.benchmark import cpu_description  # noqa: E402
 
 DEFAULT = "generate32,static_compile32,continuous_fp32_128,continuous_bf16_64,continuous_bf16_128,continuous_bf16_256"
 

@@ -33,8 +33,8 @@ from transformers import (  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from trainer_ext import build_student  # noqa: E402
-from trainer_ext.data import load_offline_rotten_tomatoes  # noqa: E402
-from trainer_ext.students import calibration_batches  # noqa: E402
+from trainer_ext.data.loading import load_offline_rotten_tomatoes  # noqa: E402
+from trainer_ext.training.students import calibration_batches  # noqa: E402
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig
 
-from trainer_ext import assets
-from trainer_ext.assets import (
+from trainer_ext.data import assets
+from trainer_ext.data.assets import (
     ASSETS,
     MPNET_TEACHER,
     PACKAGED_SOURCES,
@@ -267,7 +267,7 @@ def test_mpnet_joined_zip_hash_is_checked(fake_mpnet, monkeypatch):
 
 
 def test_packaged_sources(fake_mpnet):
-    from trainer_ext.recipe import PACKAGED_GENERATOR, PACKAGED_MPNET, PACKAGED_TEACHER
+    from trainer_ext.pipeline.recipe import PACKAGED_GENERATOR, PACKAGED_MPNET, PACKAGED_TEACHER
 
     assert set(PACKAGED_SOURCES) == {PACKAGED_TEACHER, PACKAGED_MPNET, PACKAGED_GENERATOR}
     assert packaged_source("packaged:minilm") == str(assets.minilm_teacher_path())
@@ -283,7 +283,7 @@ def test_packaged_sources(fake_mpnet):
 
 
 def test_pipeline_turns_asset_errors_into_user_errors(fake_mpnet):
-    from trainer_ext.pipeline import Pipeline, PipelineError
+    from trainer_ext.pipeline.pipeline import Pipeline, PipelineError
 
     with pytest.raises(PipelineError, match=r"Unknown packaged model 'packaged:bret'"):
         Pipeline._packaged_source("packaged:bret")

@@ -7,7 +7,7 @@ from conftest import LABELS, byte_level_tokenizer, make_bert, make_sentences, tr
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from trainer_ext.augmentation import (
+from trainer_ext.data.transfer.augmentation import (
     GENERATOR_DIR,
     STATS_FILE,
     AugmentationArguments,
@@ -262,7 +262,7 @@ def test_distillation_trainer_augments_inside_train(tmp_path, corpus, gen_tokeni
 def test_augment_command(tmp_path, corpus, gen_tokenizer, capsys):
     from datasets import load_from_disk
 
-    from trainer_ext.cli import main
+    from trainer_ext.pipeline.cli import main
 
     generator_dir = tmp_path / "gen"
     tiny_gpt2(gen_tokenizer).save_pretrained(generator_dir)
@@ -303,8 +303,8 @@ def test_augment_command(tmp_path, corpus, gen_tokenizer, capsys):
 @pytest.mark.slow
 def test_packaged_smollm2_gguf_loads_and_generates():
     """The real offline generator: GGUF through transformers (needs the gguf package), batched left-padded sampling."""
-    from trainer_ext.assets import smollm2_gguf_path
-    from trainer_ext.augmentation import load_generator
+    from trainer_ext.data.assets import smollm2_gguf_path
+    from trainer_ext.data.transfer.augmentation import load_generator
 
     model, tokenizer = load_generator(str(smollm2_gguf_path()))
     augmenter = TextGenerationAugmenter(model, tokenizer, make_args())
@@ -317,7 +317,7 @@ def test_packaged_smollm2_gguf_loads_and_generates():
 
 def test_a_gguf_generator_is_converted_once_into_the_cache(tmp_path, monkeypatch, gen_tokenizer):
     """The first load of a .gguf file saves the converted model and tokenizer; later loads read that folder."""
-    from trainer_ext import augmentation
+    from trainer_ext.data.transfer import augmentation
 
     monkeypatch.setenv("TRAINER_EXT_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "models" / "tiny.Q4.gguf"
@@ -390,7 +390,7 @@ def test_unlabeled_texts_join_the_transfer_set_relabelled_filtered_and_capped(tm
 
 
 def test_bad_unlabeled_sources_fail_before_any_generation(tmp_path, corpus, gen_tokenizer, monkeypatch):
-    from trainer_ext.data import DataValidationError
+    from trainer_ext.data.loading import DataValidationError
 
     teacher_tok = train_wordpiece_tokenizer(list(corpus["text"]))
     teacher = make_bert(teacher_tok, num_labels=3, id2label=dict(enumerate(LABELS)))
@@ -413,7 +413,7 @@ def test_bad_unlabeled_sources_fail_before_any_generation(tmp_path, corpus, gen_
 
 
 def test_packaged_imdb_reviews_are_read_without_the_rotten_tomatoes_rows():
-    from trainer_ext.data import OFFLINE_UNLABELED_NAME, load_offline_rotten_tomatoes, load_unlabeled_texts
+    from trainer_ext.data.loading import OFFLINE_UNLABELED_NAME, load_offline_rotten_tomatoes, load_unlabeled_texts
 
     texts = load_unlabeled_texts(OFFLINE_UNLABELED_NAME)
     assert len(texts) == 25_000
@@ -470,7 +470,7 @@ def _labelling_setup(corpus):
 
 
 def test_an_int8_labelling_teacher_that_agrees_with_fp32_labels_the_transfer_set(tmp_path, corpus, gen_tokenizer):
-    from trainer_ext.benchmark import ClassifierRunner
+    from trainer_ext.deployment.benchmark import ClassifierRunner
 
     teacher, teacher_tok, check = _labelling_setup(corpus)
     args = make_args(tmp_path, num_samples=12, teacher_labelling="int8")
@@ -500,7 +500,7 @@ def test_an_int8_labelling_teacher_that_agrees_with_fp32_labels_the_transfer_set
 def test_an_int8_labelling_teacher_that_disagrees_falls_back_before_generation_and_says_why(
     tmp_path, corpus, gen_tokenizer, monkeypatch
 ):
-    import trainer_ext.labelling as labelling
+    import trainer_ext.data.transfer.labelling as labelling
 
     teacher, teacher_tok, check = _labelling_setup(corpus)
     real, calls = labelling.int8_logits, []
@@ -566,7 +566,7 @@ def test_fp32_bf16_and_auto_labelling_forms_and_bf16_without_fast_bf16_is_used_a
     corpus, monkeypatch
 ):
     """As run.precision: bf16 set in the recipe on a CPU without fast bf16 is used, with a warning and the reason."""
-    import trainer_ext.labelling as labelling
+    import trainer_ext.data.transfer.labelling as labelling
 
     teacher, teacher_tok, _ = _labelling_setup(corpus)
     assert labelling.choose_labelling("auto", teacher, teacher_tok, auto_bf16=True).form == "bf16"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_bert, make_dataset
 
-from trainer_ext.benchmark import ClassifierRunner, cpu_name, interleaved_latency, measure_variants
+from trainer_ext.deployment.benchmark import ClassifierRunner, cpu_name, interleaved_latency, measure_variants
 
 
 def test_interleaved_latency_times_each_runner_in_alternation():
@@ -44,7 +44,7 @@ def test_cpu_name_reads_the_model_name_and_falls_back_to_platform(tmp_path):
 
 
 def test_pytorch_and_onnx_runners_agree_and_measure_variants_accuracy_is_the_argmax(tmp_path, tokenizer):
-    from trainer_ext.quantization import export_onnx
+    from trainer_ext.deployment.quantization import export_onnx
 
     model = make_bert(tokenizer, seed=5)
     model.save_pretrained(tmp_path / "m")
@@ -83,7 +83,7 @@ def test_pytorch_and_onnx_runners_agree_and_measure_variants_accuracy_is_the_arg
 
 def test_serving_shapes_feed_real_lengths_fixed_padding_and_one_batch(tokenizer):
     """Each shape times what it names: batch 1 at every sentence's own length, batch 1 padded, one batch of 32."""
-    from trainer_ext.benchmark import SERVING_SHAPES, serving_latency
+    from trainer_ext.deployment.benchmark import SERVING_SHAPES, serving_latency
 
     runner = ClassifierRunner(make_bert(tokenizer, seed=2), tokenizer)
     seen: list[tuple[int, ...]] = []
@@ -102,8 +102,8 @@ def test_serving_shapes_feed_real_lengths_fixed_padding_and_one_batch(tokenizer)
 
 
 def test_onnx_sessions_use_the_recorded_settings(tmp_path, tokenizer):
-    from trainer_ext.benchmark import onnx_session, onnx_session_settings
-    from trainer_ext.quantization import export_onnx
+    from trainer_ext.deployment.benchmark import onnx_session, onnx_session_settings
+    from trainer_ext.deployment.quantization import export_onnx
 
     make_bert(tokenizer, seed=1).save_pretrained(tmp_path / "m")
     session = onnx_session(export_onnx(tmp_path / "m", tmp_path / "onnx"), num_threads=2)
@@ -151,7 +151,7 @@ def test_every_call_in_a_timing_group_times_the_same_sentences_in_the_same_order
 
 
 def test_a_tokenized_figure_faster_than_without_the_tokenizer_is_flagged_beyond_noise():
-    from trainer_ext.benchmark import TOKENIZER_NOISE, inconsistent_shapes
+    from trainer_ext.deployment.benchmark import TOKENIZER_NOISE, inconsistent_shapes
 
     # The figures once published silently: OpenVINO student, 4.70 ms at real length (p90 10.1), 1.61 ms tokenized.
     seen = {
@@ -179,7 +179,7 @@ def test_measure_variants_records_and_logs_inconsistent_figures(tokenizer, caplo
     broken._encode_and_forward = lambda text, max_length: np.zeros((1, 2), dtype=np.float32)
     hf_logging.enable_propagation()
     try:
-        with caplog.at_level("WARNING", logger="trainer_ext.benchmark"):
+        with caplog.at_level("WARNING", logger="trainer_ext.deployment.benchmark"):
             measured = measure_variants({"broken": broken, "honest": honest}, runs=5)
     finally:
         hf_logging.disable_propagation()
@@ -206,8 +206,8 @@ SAPPHIRE_RAPIDS = "fpu avx2 avx512f avx_vnni avx512_bf16 avx512_vnni amx_bf16 av
     ],
 )
 def test_cpu_features_name_the_instruction_sets_that_decide_speed(tmp_path, flags, expected):
-    from trainer_ext.benchmark import cpu_description, cpu_features
-    from trainer_ext.precision import bf16_flags_support
+    from trainer_ext.deployment.benchmark import cpu_description, cpu_features
+    from trainer_ext.training.precision import bf16_flags_support
 
     info = tmp_path / "cpuinfo"
     info.write_text(
@@ -221,7 +221,7 @@ def test_cpu_features_name_the_instruction_sets_that_decide_speed(tmp_path, flag
 
 
 def test_cpu_features_off_x86_linux(tmp_path):
-    from trainer_ext.benchmark import cpu_description, cpu_features
+    from trainer_ext.deployment.benchmark import cpu_description, cpu_features
 
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm bf16\nCPU implementer\t: 0x41\n")

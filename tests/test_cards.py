@@ -19,9 +19,9 @@ from trainer_ext import (
     measure_classifier,
     write_model_card,
 )
-from trainer_ext.benchmark import ClassifierRunner
-from trainer_ext.cards import NOT_MEASURED, PLOT_FILE, md
-from trainer_ext.results import RESULTS_FILE, Results
+from trainer_ext.deployment.benchmark import ClassifierRunner
+from trainer_ext.reporting.cards import NOT_MEASURED, PLOT_FILE, md
+from trainer_ext.reporting.results import RESULTS_FILE, Results
 
 
 def _results(tokenizer, data, int8: bool = True) -> dict:
@@ -208,7 +208,7 @@ def test_callbacks_write_the_card_and_push_sends_card_weights_and_onnx(tmp_path,
 
 def test_card_command_on_a_quantized_folder(tmp_path, tokenizer, capsys):
     from trainer_ext import quantize_model
-    from trainer_ext.cli import main
+    from trainer_ext.pipeline.cli import main
 
     data = make_dataset(tokenizer, n=32)
     returned = quantize_model(
@@ -257,7 +257,7 @@ def _inconsistent_results() -> dict:
 
 
 def test_inconsistent_latency_figures_are_flagged_in_the_results_summary_and_card(tmp_path):
-    from trainer_ext.results import Results, latency_warnings
+    from trainer_ext.reporting.results import Results, latency_warnings
 
     values = _inconsistent_results()
     results = Results.from_dict(values)  # an older results.json, without the `warnings` field, still loads
@@ -280,8 +280,8 @@ def test_inconsistent_latency_figures_are_flagged_in_the_results_summary_and_car
 
 
 def test_the_card_names_the_cpu_instruction_sets(tmp_path, tokenizer):
-    from trainer_ext.benchmark import cpu_description
-    from trainer_ext.results import measure
+    from trainer_ext.deployment.benchmark import cpu_description
+    from trainer_ext.reporting.results import measure
 
     variants, latency = measure({"student": ClassifierRunner(make_bert(tokenizer, seed=2), tokenizer)}, runs=2)
     assert latency["cpu"] == cpu_description() and isinstance(latency["cpu_features"], list)
@@ -300,7 +300,7 @@ def test_the_card_names_the_cpu_instruction_sets(tmp_path, tokenizer):
 
 
 def test_the_card_names_each_source_of_the_transfer_set_with_its_count():
-    from trainer_ext.cards import transfer_set_line
+    from trainer_ext.reporting.cards import transfer_set_line
 
     line = transfer_set_line({"sources": {"generated": 500, "unlabeled:imdb_reviews_offline": 19500}, "final": 20000})
     assert line.startswith(

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer_ext.cli import main
-from trainer_ext.pipeline import Pipeline
-from trainer_ext.recipe import load_recipe
+from trainer_ext.pipeline.cli import main
+from trainer_ext.pipeline.pipeline import Pipeline
+from trainer_ext.pipeline.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +124,7 @@ def test_each_user_error_is_one_line_with_its_fix_before_any_work(case, tmp_path
 
 
 def test_debug_shows_the_traceback_of_a_user_error_and_a_bug_always_has_one(tmp_path, monkeypatch):
-    from trainer_ext.pipeline import PipelineError
+    from trainer_ext.pipeline.pipeline import PipelineError
 
     argv = ["run", QUICK, "--profile", "quick", "--run.output_dir", str(tmp_path / "o"), "--run.dataset", "no.csv"]
     with pytest.raises(PipelineError, match="does not exist"):

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Value
 
-from trainer_ext import data
-from trainer_ext.data import (
+from trainer_ext.data import loading as data
+from trainer_ext.data.loading import (
     OFFLINE_DATASET_NAME,
     DatasetUnavailableError,
     DataValidationError,
@@ -192,7 +192,7 @@ def test_column_aliases_are_detected(tmp_path, load, caplog):
     frame = _three_class_frame(10).rename(columns={"text": "sentence", "label": "labels"})
     frame["idx"] = range(len(frame))
     frame.to_csv(path, index=False)
-    with caplog.at_level(logging.INFO, logger="trainer_ext.data"):
+    with caplog.at_level(logging.INFO, logger="trainer_ext.data.loading"):
         dataset = load(str(path), validation_size=3, test_size=3)
     _assert_standard(dataset)
     assert "using 'sentence'" in caplog.text and "using 'labels'" in caplog.text

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer_ext.losses import (
+from trainer_ext.training.losses import (
     distillation_loss,
     hidden_state_mse_loss,
     kl_divergence_loss,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import make_bert, make_dataset
 
-from trainer_ext import openvino_backend
-from trainer_ext.benchmark import SERVING_SHAPES, ClassifierRunner
-from trainer_ext.cards import write_model_card
-from trainer_ext.quantization import REPORT_FILE, QuantizationArguments, quantize_model
-from trainer_ext.results import Results
+from trainer_ext.deployment import openvino_backend
+from trainer_ext.deployment.benchmark import SERVING_SHAPES, ClassifierRunner
+from trainer_ext.deployment.quantization import REPORT_FILE, QuantizationArguments, quantize_model
+from trainer_ext.reporting.cards import write_model_card
+from trainer_ext.reporting.results import Results
 
 pytest.importorskip("openvino")
 pytest.importorskip("nncf")
@@ -45,7 +45,7 @@ def test_openvino_models_give_the_onnx_logits_and_a_shape_pick_is_saved_in_optim
 ):
     model, data, _, _ = searched
     # Make OpenVINO the only fast runtime: every ONNX Runtime INT8 candidate fails to build.
-    from trainer_ext import quantization
+    from trainer_ext.deployment import quantization
 
     def no_ort(self, candidate):
         raise RuntimeError("ONNX Runtime candidate disabled for this test")

@@ -18,10 +18,10 @@ from huggingface_hub import ModelCard
 from test_augmentation import byte_level_tokenizer, tiny_gpt2
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from trainer_ext.augmentation import read_stats
-from trainer_ext.benchmark import ClassifierRunner, accuracy
-from trainer_ext.pipeline import STAGES, Pipeline, PipelineError, summary_table
-from trainer_ext.recipe import RecipeError, load_recipe, parse_overrides
+from trainer_ext.data.transfer.augmentation import read_stats
+from trainer_ext.deployment.benchmark import ClassifierRunner, accuracy
+from trainer_ext.pipeline.pipeline import STAGES, Pipeline, PipelineError, summary_table
+from trainer_ext.pipeline.recipe import RecipeError, load_recipe, parse_overrides
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,7 +228,7 @@ def test_ablation_seeds_benchmark_retrains_the_student_rows_from_the_saved_input
 def test_precision_is_measured_on_each_stage_model_where_bf16_is_supported(finished_run, tmp_path, monkeypatch):
     """With bf16 support (forced here), `auto` times both precisions on the stage's own model and a real batch: a
     classifier's training step on labels, the generator's on its own tokens."""
-    import trainer_ext.pipeline as pipeline_module
+    import trainer_ext.pipeline.pipeline as pipeline_module
 
     root, recipe_path, _, _ = finished_run
     real = pipeline_module.choose_precision
@@ -287,7 +287,7 @@ def test_every_recipe_field_keys_a_stage_or_is_listed_as_changing_no_output(fini
     the explicit list of fields that cannot change outputs."""
     from dataclasses import fields as dataclass_fields
 
-    from trainer_ext.runs import OUTPUT_NEUTRAL, SECTIONS
+    from trainer_ext.pipeline.runs import OUTPUT_NEUTRAL, SECTIONS
 
     root, recipe_path, pipeline, _ = finished_run
     reads = recorded_reads(root / "out")
@@ -388,7 +388,7 @@ def test_changed_student_settings_redo_only_the_stages_that_read_them(finished_r
 def test_preset_student_is_projected_from_the_teacher_and_rebuilt_when_its_settings_change(tmp_path, monkeypatch):
     """A preset student starts from the fine-tuned teacher's projected layers; its saved initialisation is keyed, so
     redoing the student stages with another student_init rebuilds it instead of reusing the old one."""
-    from trainer_ext.students import STUDENT_PRESETS
+    from trainer_ext.training.students import STUDENT_PRESETS
 
     monkeypatch.setitem(STUDENT_PRESETS, "toy", dict(num_hidden_layers=1, hidden_size=24, intermediate_size=48))
     assets = write_assets(tmp_path)
@@ -416,7 +416,7 @@ def test_preset_student_is_projected_from_the_teacher_and_rebuilt_when_its_setti
 def test_preset_student_can_be_narrowed_from_another_pretrained_model(tmp_path, monkeypatch):
     """run.student_init_from: the preset is built from that model (its layers and tokenizer), not from the teacher,
     as the reference starts from a pre-trained BERT-Mini rather than from its teacher."""
-    from trainer_ext.students import STUDENT_PRESETS
+    from trainer_ext.training.students import STUDENT_PRESETS
 
     monkeypatch.setitem(STUDENT_PRESETS, "toy", dict(num_hidden_layers=1, hidden_size=16, intermediate_size=24))
     assets = write_assets(tmp_path)
@@ -442,7 +442,7 @@ def test_preset_student_can_be_narrowed_from_another_pretrained_model(tmp_path, 
 def test_precision_set_in_the_recipe_is_used_and_recorded(tmp_path):
     """precision: bf16 trains under bf16 autocast on CPU too (transformers needs use_cpu for that) and is recorded per
     stage; a later FP32 TrainingArguments in the same process does not inherit accelerate's bf16 setting."""
-    from trainer_ext.precision import training_precision_kwargs
+    from trainer_ext.training.precision import training_precision_kwargs
 
     assets = write_assets(tmp_path)
     pipeline = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, augment=False, precision="bf16")), lambda _m: 0)
@@ -527,7 +527,7 @@ def test_recipe_errors_are_clear(tmp_path):
 
 
 def test_run_command_reports_user_errors_without_a_traceback(tmp_path, capsys):
-    from trainer_ext.cli import main
+    from trainer_ext.pipeline.cli import main
 
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "error: Recipe file" in capsys.readouterr().err
@@ -597,7 +597,7 @@ def test_torchrun_two_processes_run_the_recipe_once(tmp_path):
             "--master_port",
             str(free_port()),
             "-m",
-            "trainer_ext.cli",
+            "trainer_ext.pipeline.cli",
             "run",
             str(recipe),
         ],
@@ -632,7 +632,7 @@ def test_torchrun_two_processes_run_a_two_candidate_selection(tmp_path):
     recipe = tiny_recipe(tmp_path, assets, student=students, max_accuracy_drop=100, augment=False)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "trainer_ext.cli"]
+    command = [torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "trainer_ext.pipeline.cli"]
     result = subprocess.run(
         [*command, "run", str(recipe)], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path
     )
@@ -655,7 +655,7 @@ def test_quick_profile_of_the_offline_recipe_under_torchrun(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "quick"
     command = [
-        torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "trainer_ext.cli", "run",
+        torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "trainer_ext.pipeline.cli", "run",
         str(ROOT / "recipes" / "rotten_tomatoes_minilm.yaml"), "--profile", "quick",
         "--run.output_dir", str(out), "--run.max_train_samples", "400", "--augmentation.num_samples", "32",
     ]  # fmt: skip
@@ -679,7 +679,7 @@ def test_models_run_outside_a_trainer_are_placed_on_the_process_device_on_a_resu
 
     from datasets import Dataset
 
-    import trainer_ext.pipeline as module
+    import trainer_ext.pipeline.pipeline as module
 
     root, recipe_path, _, _ = finished_run
     for name in ("teacher", "precision.json"):
@@ -709,7 +709,7 @@ def test_models_run_outside_a_trainer_are_placed_on_the_process_device_on_a_resu
 def test_the_packaged_minilm_is_a_student_whole_or_k_of_its_layers(tmp_path):
     """`minilm` is the packaged pre-trained MiniLM in its own shape (its tokenizer, a new head); `minilm-layers-K`
     keeps K of its layers at its width. Names that do not parse, or K beyond its depth, fail before any work."""
-    from trainer_ext.assets import minilm_teacher_path
+    from trainer_ext.data.assets import minilm_teacher_path
 
     pipeline = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), lambda _m: 0)
     whole, tokenizer = pipeline._build_student("minilm", ["neg", "pos"])
@@ -747,7 +747,7 @@ def test_a_student_vocabulary_that_cannot_read_the_data_is_refused_before_traini
     with pytest.raises(PipelineError, match=r"run.student .*alien'.*% of the training text's tokens are unknown"):
         Pipeline(recipe, progress=lambda _m: None).run()
     assert not (tmp_path / "out").exists()
-    from trainer_ext.pipeline import unknown_token_share
+    from trainer_ext.pipeline.pipeline import unknown_token_share
 
     assert unknown_token_share(AutoTokenizer.from_pretrained(assets["teacher"]), ["the great film 1"]) == 0.0
 
@@ -805,7 +805,7 @@ def test_an_int8_labelling_teacher_labels_the_transfer_set_only_and_the_run_reco
     """augmentation.teacher_labelling int8: checked on the eval split, its INT8 files under augmentation/, the transfer
     set labelled by it, the decision in the augmentation statistics and precision.json (so results.json, the summary
     and the card); the original sentences' logits keep the teacher_logits precision. Both fields key the stage."""
-    from trainer_ext.benchmark import ClassifierRunner
+    from trainer_ext.deployment.benchmark import ClassifierRunner
 
     assets = write_assets(tmp_path)
     overrides = {"augmentation": {"teacher_labelling": "int8"}}
@@ -872,7 +872,7 @@ def test_a_setting_added_since_a_stage_ran_is_reused_at_its_default_and_refused_
 def test_an_interrupt_right_after_a_stage_says_it_is_running_names_that_stage(finished_run, tmp_path):
     """The CLI names the stage an interrupt stopped. A signal that came just after the "[stage] running" line (the
     moment a user sees it) was raised before the stage's try and named no stage ("before the first stage")."""
-    from trainer_ext.runs import RunInterrupted
+    from trainer_ext.pipeline.runs import RunInterrupted
 
     _, recipe_path, _, _ = finished_run
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
-from trainer_ext import precision
-from trainer_ext.precision import (
+from trainer_ext.training import precision
+from trainer_ext.training.precision import (
     PrecisionChoice,
     autocast,
     bf16_flags_support,

@@ -7,8 +7,8 @@ import torch
 from conftest import args_for, make_bert, make_dataset
 from transformers import PretrainedConfig, PreTrainedModel, pipeline
 
-from trainer_ext.benchmark import SERVING_SHAPES, ClassifierRunner
-from trainer_ext.quantization import (
+from trainer_ext.deployment.benchmark import SERVING_SHAPES, ClassifierRunner
+from trainer_ext.deployment.quantization import (
     REPORT_FILE,
     SHAPE_PICK_MARGIN,
     QuantizationArguments,
@@ -119,7 +119,7 @@ def _assert_ort_config_describes(folder, report):
 
 def test_fused_graph_candidate_records_an_ort_config(quantized, tmp_path):
     """Candidates built with onnxruntime's quantize_dynamic (no ORTQuantizer) still get Optimum's ort_config.json."""
-    from trainer_ext.quantization import _build_optimized_dynamic, _ort_config_file
+    from trainer_ext.deployment.quantization import _build_optimized_dynamic, _ort_config_file
 
     _, _, out, _ = quantized
     name = "optimized_o1_dynamic_per_channel"
@@ -149,7 +149,7 @@ def test_nothing_passes_the_criterion_falls_back_to_fp32(tmp_path, tokenizer):
 
 def test_constructed_failing_candidate_is_rejected(tmp_path, tokenizer, monkeypatch):
     """The fastest candidate is made to break the criterion; the search must reject it and keep the next one."""
-    import trainer_ext.quantization as q
+    import trainer_ext.deployment.quantization as q
 
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     data = make_dataset(tokenizer, n=32)
@@ -253,7 +253,7 @@ def test_callback_quantizes_at_the_end_of_training(tmp_path, tokenizer):
 
 
 def test_quantize_command(tmp_path, tokenizer, capsys):
-    from trainer_ext.cli import main
+    from trainer_ext.pipeline.cli import main
 
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     model.save_pretrained(tmp_path / "model")
@@ -288,7 +288,7 @@ def test_quantize_command(tmp_path, tokenizer, capsys):
 
 def _fail_plain_candidates(monkeypatch, data, on_probe=None) -> None:
     """Every plain INT8 candidate predicts the wrong label; the FP32 model, node probes and retries stay real."""
-    import trainer_ext.quantization as q
+    import trainer_ext.deployment.quantization as q
 
     real = q.ClassifierRunner.logits
 
@@ -336,7 +336,7 @@ def test_node_probing_stops_at_the_time_budget(tmp_path, tokenizer, monkeypatch)
     import time
     import types
 
-    import trainer_ext.quantization as q
+    import trainer_ext.deployment.quantization as q
 
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     data = make_dataset(tokenizer, n=32)
@@ -462,7 +462,7 @@ def test_histogram_calibration_works_and_time_budget_bounds_building(tmp_path, t
 
 
 def test_a_shape_gets_another_file_only_when_it_is_clearly_faster():
-    from trainer_ext.quantization import _pick_per_shape
+    from trainer_ext.deployment.quantization import _pick_per_shape
 
     def candidate(name, real, batch):
         shapes = {"real_length": {"median_ms": real}, "batch_32": {"median_ms": batch}}
@@ -483,10 +483,10 @@ def test_the_report_records_the_cpu_instruction_sets_and_flags_inconsistent_cand
 ):
     """Each candidate's figures are checked like the card's variants (a tokenized median below the untokenized one
     beyond noise is flagged, in the report and in the card's trial table), and the CPU is named with its ISA."""
-    import trainer_ext.quantization as q
+    import trainer_ext.deployment.quantization as q
     from trainer_ext import write_model_card
-    from trainer_ext.benchmark import cpu_description, cpu_features
-    from trainer_ext.cards import md
+    from trainer_ext.deployment.benchmark import cpu_description, cpu_features
+    from trainer_ext.reporting.cards import md
 
     real_latencies = q._CandidateBuilder.latencies
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from test_pipeline import tiny_recipe, write_assets
 
-from trainer_ext.pipeline import Pipeline
-from trainer_ext.recipe import load_recipe
-from trainer_ext.runs import OutputFolderLocked, OutputLock, RecordedRecipe, SettingsLog
+from trainer_ext.pipeline.pipeline import Pipeline
+from trainer_ext.pipeline.recipe import load_recipe
+from trainer_ext.pipeline.runs import OutputFolderLocked, OutputLock, RecordedRecipe, SettingsLog
 
-CLI = [sys.executable, "-m", "trainer_ext.cli", "run"]
+CLI = [sys.executable, "-m", "trainer_ext.pipeline.cli", "run"]
 
 
 def start_run(recipe: Path, *flags: str) -> subprocess.Popen:
@@ -45,7 +45,7 @@ def tiny(tmp_path_factory):
 
 
 def test_a_second_run_on_the_same_folder_is_refused_in_one_line_and_a_killed_run_leaves_no_lock(tiny, capsys):
-    from trainer_ext.cli import main
+    from trainer_ext.pipeline.cli import main
 
     root, recipe = tiny
     out = root / "locked"

@@ -1,4 +1,4 @@
-"""The continuous sampler (trainer_ext.sampling): the same tokens as generate, finished rows cost nothing, exact
+"""The continuous sampler (trainer_ext.data.transfer.sampling): the same tokens as generate, finished rows cost nothing, exact
 nucleus sampling on its fast path, and the engine choice with its fallback."""
 
 import pytest
@@ -7,8 +7,8 @@ from test_augmentation import make_args, tiny_gpt2
 from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from trainer_ext.augmentation import TextGenerationAugmenter
-from trainer_ext.sampling import CANDIDATES, ContinuousSampler, SamplingSettings, choose_sampler
+from trainer_ext.data.transfer.augmentation import TextGenerationAugmenter
+from trainer_ext.data.transfer.sampling import CANDIDATES, ContinuousSampler, SamplingSettings, choose_sampler
 
 
 def tiny_llama(tokenizer, seed=0) -> LlamaForCausalLM:

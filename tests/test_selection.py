@@ -6,10 +6,10 @@ import pytest
 from huggingface_hub import ModelCard
 from test_pipeline import tiny_recipe, write_assets
 
-from trainer_ext.cards import md
-from trainer_ext.pipeline import Pipeline, PipelineError, summary_table
-from trainer_ext.recipe import RecipeError, load_recipe
-from trainer_ext.selection import Budget, guard, int8_figures, pick, teacher_note
+from trainer_ext.pipeline.pipeline import Pipeline, PipelineError, summary_table
+from trainer_ext.pipeline.recipe import RecipeError, load_recipe
+from trainer_ext.pipeline.selection import Budget, guard, int8_figures, pick, teacher_note
+from trainer_ext.reporting.cards import md
 
 
 def record(student, accuracy, ms, budget=None, teacher=0.9, status="trained"):
@@ -221,7 +221,7 @@ def test_the_undistilled_student_is_shipped_when_it_is_more_accurate(tmp_path, m
     results.json then belong to the undistilled student, and the card says why."""
     accuracies = {"student_distilled": 0.5, "student_no_distillation": 0.75}
     monkeypatch.setattr(Pipeline, "_eval_accuracy", lambda self, runner: accuracies[runner.trainer_ext_name])
-    from trainer_ext import pipeline as pipeline_module
+    from trainer_ext.pipeline import pipeline as pipeline_module
 
     real_runner = pipeline_module.ClassifierRunner
 

@@ -1,4 +1,4 @@
-"""Tests for trainer_ext.students: layer-subset and PCA-initialised narrower students built from tiny teachers."""
+"""Tests for trainer_ext.training.students: layer-subset and PCA-initialised narrower students built from tiny teachers."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from trainer_ext.students import (
+from trainer_ext.training.students import (
     STUDENT_PRESETS,
     build_student,
     count_parameters,
@@ -346,7 +346,7 @@ def _batches(vocab_size: int = 200) -> list[dict[str, torch.Tensor]]:
 def test_projection_with_a_permutation_basis_reproduces_the_teacher(teacher):
     """With nothing dropped (every head and neuron, a square basis) the projection is exact. A permutation is used
     rather than the identity so that a weight projected on the wrong side, or a norm left unprojected, shows up."""
-    from trainer_ext.students import _project_encoder
+    from trainer_ext.training.students import _project_encoder
 
     permutation = torch.eye(64)[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
     student = BertForSequenceClassification(teacher.config)
@@ -359,7 +359,7 @@ def test_projection_with_a_permutation_basis_reproduces_the_teacher(teacher):
 
 
 def test_hidden_state_projection_is_the_top_uncentred_principal_basis(teacher):
-    from trainer_ext.students import hidden_state_projection
+    from trainer_ext.training.students import hidden_state_projection
 
     batches = _batches()
     projection = hidden_state_projection(teacher, batches, 32)
@@ -396,7 +396,7 @@ def test_projected_student_keeps_the_strongest_heads_and_neurons():
     student = build_student(
         teacher, num_hidden_layers=2, hidden_size=48, intermediate_size=88, calibration_inputs=batches
     )
-    from trainer_ext.students import hidden_state_projection
+    from trainer_ext.training.students import hidden_state_projection
 
     projection = hidden_state_projection(teacher, batches, 48)
     assert student.config.num_attention_heads == 3
@@ -429,7 +429,7 @@ def test_projected_student_tracks_the_teacher_better_than_a_random_encoder():
     """Before any training, the projected student's last hidden states are close to the teacher's seen through the
     same basis; a random encoder's are not. The teacher's weights are ten times BERT's initial scale so that its
     layers, not only its embeddings, shape the hidden states (as training does)."""
-    from trainer_ext.students import hidden_state_projection
+    from trainer_ext.training.students import hidden_state_projection
 
     teacher = make_teacher(initializer_range=0.2)
 
@@ -465,7 +465,7 @@ def _head_rows(heads: list[int], head_size: int) -> torch.Tensor:
 def test_mpnet_projection_with_a_permutation_basis_reproduces_the_teacher():
     """Every head, neuron and layer kept on a permuted basis: exact only if the attention, the feed-forward layers, all
     LayerNorms, the shared relative attention bias, the embeddings and the classification head are all carried over."""
-    from trainer_ext.students import _project_encoder
+    from trainer_ext.training.students import _project_encoder
 
     torch.manual_seed(0)
     teacher = _mpnet(hidden_size=48, num_hidden_layers=3)
@@ -498,7 +498,7 @@ def test_projected_mpnet_student_keeps_one_set_of_heads_for_the_shared_relative_
         encoder_init="projected",
         calibration_inputs=batches,
     )
-    from trainer_ext.students import hidden_state_projection
+    from trainer_ext.training.students import hidden_state_projection
 
     projection = hidden_state_projection(teacher, batches, 24)
     config = student.config
@@ -548,7 +548,7 @@ def test_projected_mpnet_student_tracks_the_teacher_better_than_a_random_encoder
     (seen through the basis) than a random encoder's, and so are its logits. The teacher's weights are five times
     MPNet's initial scale so that its layers shape the hidden states; at ten times, a random 48-wide teacher's logits
     are too chaotic for either student to follow."""
-    from trainer_ext.students import hidden_state_projection
+    from trainer_ext.training.students import hidden_state_projection
 
     torch.manual_seed(0)
     teacher = _mpnet(hidden_size=48, num_hidden_layers=3, initializer_range=0.1)

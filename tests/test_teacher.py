@@ -9,8 +9,8 @@ from conftest import args_for, make_bert, make_dataset, make_sentences, train_wo
 from torch import nn
 from transformers import DataCollatorWithPadding
 
-from trainer_ext.teacher import compute_teacher_logits, forward_input_names
-from trainer_ext.trainer import DistillationTrainer
+from trainer_ext.training.teacher import compute_teacher_logits, forward_input_names
+from trainer_ext.training.trainer import DistillationTrainer
 
 
 class Wrapped(nn.Module):

@@ -8,8 +8,13 @@ from datasets import Dataset
 from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from trainer_ext.losses import mean_pool
-from trainer_ext.trainer import POOLED_PROJECTION_FILE, PROJECTION_FILE, DistillationError, DistillationTrainer
+from trainer_ext.training.losses import mean_pool
+from trainer_ext.training.trainer import (
+    POOLED_PROJECTION_FILE,
+    PROJECTION_FILE,
+    DistillationError,
+    DistillationTrainer,
+)
 
 
 class TeacherCallCounter:

@@ -10,10 +10,9 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
-from .augmentation import AUGMENTATION_DIR, read_stats
-from .benchmark import ClassifierRunner
-from .cards import DISTILLATION_SETTINGS, CardArguments, write_model_card
-from .quantization import (
+from trainer_ext.data.transfer.augmentation import AUGMENTATION_DIR, read_stats
+from trainer_ext.deployment.benchmark import ClassifierRunner
+from trainer_ext.deployment.quantization import (
     INT8_FILE,
     ONNX_SUBFOLDER,
     REPORT_FILE,
@@ -21,7 +20,8 @@ from .quantization import (
     check_eval_dataset,
     quantize_model,
 )
-from .results import INT8_VARIANT, Results, measure
+from trainer_ext.reporting.cards import DISTILLATION_SETTINGS, CardArguments, write_model_card
+from trainer_ext.reporting.results import INT8_VARIANT, Results, measure
 
 logger = logging.get_logger(__name__)
 

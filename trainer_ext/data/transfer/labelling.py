@@ -25,12 +25,12 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .benchmark import ClassifierRunner
-from .distributed import broadcast_from_main, process_state
-from .files import write_json
-from .precision import bf16_support
-from .quantization import INT8_FILE, dynamic_int8
-from .teacher import (
+from trainer_ext.deployment.benchmark import ClassifierRunner
+from trainer_ext.deployment.quantization import INT8_FILE, dynamic_int8
+from trainer_ext.files import write_json
+from trainer_ext.training.distributed import broadcast_from_main, process_state
+from trainer_ext.training.precision import bf16_support
+from trainer_ext.training.teacher import (
     CACHE_FORMAT_VERSION,
     TeacherLogitsCache,
     compute_teacher_logits,

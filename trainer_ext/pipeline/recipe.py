@@ -37,11 +37,11 @@ from typing import Any, Literal
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from .arguments import DistillationTrainingArguments
-from .augmentation import AugmentationArguments
-from .cards import CardArguments
-from .quantization import QuantizationArguments
-from .students import PRETRAINED_STUDENTS, STUDENT_PRESETS, pretrained_student, teacher_layers
+from trainer_ext.data.transfer.augmentation import AugmentationArguments
+from trainer_ext.deployment.quantization import QuantizationArguments
+from trainer_ext.reporting.cards import CardArguments
+from trainer_ext.training.arguments import DistillationTrainingArguments
+from trainer_ext.training.students import PRETRAINED_STUDENTS, STUDENT_PRESETS, pretrained_student, teacher_layers
 
 
 class RecipeError(ValueError):

@@ -23,11 +23,15 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from .arguments import DistillationTrainingArguments
-from .augmentation import AUGMENTATION_DIR, AugmentationArguments, augment_training_data
-from .data import DataValidationError, validate_label_column
-from .losses import distillation_loss, hidden_state_mse_loss, mean_pool, pooled_mse_loss
-from .teacher import compute_teacher_logits, teacher_encode
+from trainer_ext.data.loading import DataValidationError, validate_label_column
+from trainer_ext.data.transfer.augmentation import (
+    AUGMENTATION_DIR,
+    AugmentationArguments,
+    augment_training_data,
+)
+from trainer_ext.training.arguments import DistillationTrainingArguments
+from trainer_ext.training.losses import distillation_loss, hidden_state_mse_loss, mean_pool, pooled_mse_loss
+from trainer_ext.training.teacher import compute_teacher_logits, teacher_encode
 
 logger = logging.get_logger(__name__)
 
@@ -150,7 +154,7 @@ class DistillationTrainer(Trainer):
     """A `Trainer` that distils a teacher into the model being trained.
 
     With no `teacher_model` and no teacher-logits column in the training data it behaves exactly like `Trainer`.
-    With a teacher, the teacher's logits are computed once before training (see `trainer_ext.teacher`), stored under
+    With a teacher, the teacher's logits are computed once before training (see `trainer_ext.training.teacher`), stored under
     the output directory keyed to the data and the teacher, and the loss becomes
 
         (1 - distillation_weight) * CE(student, labels) + distillation_weight * D(student, teacher)
@@ -707,7 +711,7 @@ class DistillationTrainer(Trainer):
 
         `Trainer.push_to_hub` calls this before uploading and would replace README.md with its training summary.
         """
-        from .cards import CARD_FILE, is_trainer_ext_card
+        from trainer_ext.reporting.cards import CARD_FILE, is_trainer_ext_card
 
         if is_trainer_ext_card(os.path.join(self.args.output_dir, CARD_FILE)):
             return

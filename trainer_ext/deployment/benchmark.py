@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .students import count_parameters
+from trainer_ext.training.students import count_parameters
 
 logger = logging.get_logger(__name__)
 
@@ -92,7 +92,7 @@ class ClassifierRunner:
         self.tokenizer, self.parameters = tokenizer, parameters
         self.num_threads = num_threads or torch.get_num_threads()
         if isinstance(model, (str, os.PathLike)) and Path(model).suffix == ".xml":
-            from .openvino_backend import OpenVINOSession, version
+            from trainer_ext.deployment.openvino_backend import OpenVINOSession, version
 
             self.path, self.model = Path(model), None
             self.session = OpenVINOSession(model, self.num_threads)
@@ -157,7 +157,7 @@ class ClassifierRunner:
         feed = self.encode([text], max_length=sequence_length, padding="max_length")
         if self.path is not None and self.path.suffix == ".xml":
             # OpenVINO serves a fixed shape fastest from a model compiled for it (a static reshape).
-            from .openvino_backend import OpenVINOSession
+            from trainer_ext.deployment.openvino_backend import OpenVINOSession
 
             static = OpenVINOSession(self.path, self.num_threads, static_shape=(1, sequence_length))
             feed = {k: v for k, v in feed.items() if k in static.names}

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock
 from transformers.utils import logging
 
-from .files import write_atomic
+from trainer_ext.files import write_atomic
 
 logger = logging.get_logger(__name__)
 

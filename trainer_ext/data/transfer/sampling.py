@@ -36,7 +36,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor, TopPLogitsWarper
 from transformers.utils import logging
 
-from .precision import bf16_support
+from trainer_ext.training.precision import bf16_support
 
 logger = logging.get_logger(__name__)
 

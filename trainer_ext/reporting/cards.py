@@ -1,6 +1,6 @@
 """Hub-ready model cards whose every number was measured in the run that wrote them.
 
-A card is rendered from a `Results` (the schema of `results.json`, owned by `trainer_ext.results`) with
+A card is rendered from a `Results` (the schema of `results.json`, owned by `trainer_ext.reporting.results`) with
 huggingface_hub's `ModelCard` / `ModelCardData` / `EvalResult` and the Jinja template in
 `templates/model_card.md`. A variant without a measurement is written as "not measured", never as a number, and is
 left out of the `model-index`.
@@ -21,8 +21,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .files import write_atomic, write_text
-from .results import Results, ResultsError, Variant, variant_warnings
+from trainer_ext.files import write_atomic, write_text
+from trainer_ext.reporting.results import Results, ResultsError, Variant, variant_warnings
 
 CARD_FILE = "README.md"
 PLOT_FILE = "accuracy_vs_latency.png"

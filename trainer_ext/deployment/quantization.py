@@ -25,8 +25,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from . import openvino_backend
-from .benchmark import (
+from trainer_ext.deployment import openvino_backend
+from trainer_ext.deployment.benchmark import (
     SERVING_SHAPES,
     ClassifierRunner,
     accuracy,
@@ -36,7 +36,7 @@ from .benchmark import (
     onnx_session_settings,
     serving_latency,
 )
-from .files import atomic_path, write_json
+from trainer_ext.files import atomic_path, write_json
 
 logger = logging.get_logger(__name__)
 

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers.utils import logging
 
-from trainer_ext.assets import movie_reviews_path, rotten_tomatoes_corpus_path
+from trainer_ext.data.assets import movie_reviews_path, rotten_tomatoes_corpus_path
 
 logger = logging.get_logger(__name__)
 

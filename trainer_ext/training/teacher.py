@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .distributed import process_state
-from .files import write_atomic, write_json
+from trainer_ext.files import write_atomic, write_json
+from trainer_ext.training.distributed import process_state
 
 logger = logging.get_logger(__name__)
 

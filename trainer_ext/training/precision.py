@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from transformers.utils import logging
 
-from .benchmark import cpu_flags
+from trainer_ext.deployment.benchmark import cpu_flags
 
 logger = logging.get_logger(__name__)
 

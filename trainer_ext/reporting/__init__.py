@@ -1,0 +1,1 @@
+"""Reporting: the results schema (`results.json`) and the Hub model card rendered from it."""
