@@ -22,6 +22,14 @@ from trainer_ext.data.transfer.augmentation import read_stats
 from trainer_ext.deployment.benchmark import ClassifierRunner, accuracy
 from trainer_ext.pipeline.pipeline import STAGES, Pipeline, PipelineError, summary_table
 from trainer_ext.pipeline.recipe import RecipeError, load_recipe, parse_overrides
+from trainer_ext.pipeline.shared import stage_precision, training_args
+from trainer_ext.pipeline.stages import augmentation as augmentation_stage
+from trainer_ext.pipeline.stages import card as card_stage
+from trainer_ext.pipeline.stages import data as data_stage
+from trainer_ext.pipeline.stages import distillation as distillation_stage
+from trainer_ext.pipeline.stages import quantization as quantization_stage
+from trainer_ext.pipeline.stages import students as students_stage
+from trainer_ext.pipeline.stages import teacher as teacher_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,7 +236,7 @@ def test_ablation_seeds_benchmark_retrains_the_student_rows_from_the_saved_input
 def test_precision_is_measured_on_each_stage_model_where_bf16_is_supported(finished_run, tmp_path, monkeypatch):
     """With bf16 support (forced here), `auto` times both precisions on the stage's own model and a real batch: a
     classifier's training step on labels, the generator's on its own tokens."""
-    import trainer_ext.pipeline.pipeline as pipeline_module
+    import trainer_ext.pipeline.shared as pipeline_module
 
     root, recipe_path, _, _ = finished_run
     real = pipeline_module.choose_precision
@@ -236,7 +244,7 @@ def test_precision_is_measured_on_each_stage_model_where_bf16_is_supported(finis
         pipeline_module, "choose_precision", lambda *a, **k: real(*a, **k, steps=1, support=(True, "forced"))
     )
     pipeline = Pipeline(load_recipe(recipe_path, overrides={"run": {"output_dir": str(tmp_path)}}), lambda _m: 0)
-    pipeline.data = pipeline.stage_data()
+    pipeline.data = data_stage.stage_data(pipeline)
     generator = AutoModelForCausalLM.from_pretrained(root / "generator")
     generator_tokenizer = AutoTokenizer.from_pretrained(root / "generator")
     generator_tokenizer.pad_token = generator_tokenizer.eos_token  # as TextGenerationAugmenter sets it
@@ -245,7 +253,7 @@ def test_precision_is_measured_on_each_stage_model_where_bf16_is_supported(finis
         ("generator", generator, generator_tokenizer),
         ("student_training", teacher, AutoTokenizer.from_pretrained(root / "out" / "teacher")),
     ):
-        choice = pipeline._precision(stage, model, tokenizer, train=True)
+        choice = stage_precision(pipeline, stage, model, tokenizer, train=True)
         assert choice.fp32_seconds > 0 and choice.bf16_seconds > 0, stage
     assert set(json.loads((tmp_path / "precision.json").read_text())) == {"generator", "student_training"}
 
@@ -296,7 +304,7 @@ def test_every_recipe_field_keys_a_stage_or_is_listed_as_changing_no_output(fini
     every = {f"{s}.{f.name}" for s in SECTIONS for f in dataclass_fields(getattr(recipe, s)) if f.init}
     # With the teacher trained to a plateau (the default), the stage sets its evaluation and checkpoint fields itself:
     # the recipe's values of those cannot change its output, so they are not read.
-    plateau = {f"teacher_training.{name}" for name in pipeline._plateau_settings(1)}
+    plateau = {f"teacher_training.{name}" for name in teacher_stage.plateau_settings(pipeline, 1)}
     assert pipeline.args.teacher_patience and plateau.isdisjoint(reads["teacher"])
     assert sorted(every - keyed - OUTPUT_NEUTRAL - SELECTION_SETTINGS - plateau) == []
     assert not keyed & OUTPUT_NEUTRAL
@@ -453,23 +461,29 @@ def test_precision_set_in_the_recipe_is_used_and_recorded(tmp_path):
         "teacher_logits": "bf16",
     }
     assert all(v["reason"].startswith("set in the recipe") for v in results["precision"].values())
-    args = pipeline._training_args("student_training", "x", "bf16")
+    args = training_args(pipeline, "student_training", "x", "bf16")
     assert args.bf16 and args.use_cpu == (not torch.cuda.is_available())
     training_precision_kwargs("fp32")
     assert os.environ.get("ACCELERATE_MIXED_PRECISION") != "bf16"
 
 
-def test_interrupted_stage_is_redone_on_resume(tmp_path):
+def test_interrupted_stage_is_redone_on_resume(tmp_path, monkeypatch):
     """A stage killed before its marker was written runs again; the stages before it are reused."""
+    import dataclasses
+
+    import trainer_ext.pipeline.pipeline as pipeline_module
+
     assets = write_assets(tmp_path)
     recipe = load_recipe(tiny_recipe(tmp_path, assets, augment=False))
     first = Pipeline(recipe, progress=lambda _m: None)
 
-    def crash():
+    def crash(_pipeline):
         raise KeyboardInterrupt
 
-    first.stage_quantization = crash
-    with pytest.raises(KeyboardInterrupt):
+    stages = pipeline_module.RUN_ORDER
+    crashing = tuple(dataclasses.replace(s, body=crash) if s.name == "quantization" else s for s in stages)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(pipeline_module, "RUN_ORDER", crashing)
         first.run()
     assert not (tmp_path / "out" / "stages" / "quantization.json").exists()
     second = Pipeline(recipe, progress=lambda _m: None)
@@ -485,8 +499,8 @@ def test_the_teacher_stage_is_reproducible(tmp_path):
     for run in ("a", "b"):
         pipeline = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, output_dir=str(tmp_path / run))), lambda _m: 0)
         torch.manual_seed(len(heads))  # whatever the global generator's state, the stage starts from the run's seed
-        pipeline.data = pipeline.stage_data()
-        pipeline.stage_teacher()
+        pipeline.data = data_stage.stage_data(pipeline)
+        teacher_stage.stage_teacher(pipeline)
         heads.append(AutoModelForSequenceClassification.from_pretrained(tmp_path / run / "teacher").classifier.weight)
     assert torch.equal(heads[0], heads[1])
 
@@ -495,14 +509,14 @@ def test_teacher_is_fine_tuned_only_when_not_yet_a_classifier_for_the_labels(tmp
     pipeline = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), progress=print)
     classifier = make_bert(tokenizer, seed=1)  # id2label neg/pos
     classifier.save_pretrained(tmp_path / "named")
-    assert not pipeline._needs_fine_tuning(str(tmp_path / "named"), ["neg", "pos"])
-    assert pipeline._needs_fine_tuning(str(tmp_path / "named"), ["bad", "good"])  # another task's labels
+    assert not teacher_stage.needs_fine_tuning(pipeline, str(tmp_path / "named"), ["neg", "pos"])
+    assert teacher_stage.needs_fine_tuning(pipeline, str(tmp_path / "named"), ["bad", "good"])  # another task's labels
     classifier.config.id2label, classifier.config.label2id = {0: "LABEL_0", 1: "LABEL_1"}, {"LABEL_0": 0, "LABEL_1": 1}
     classifier.save_pretrained(tmp_path / "generic")  # like many Hub checkpoints
-    assert not pipeline._needs_fine_tuning(str(tmp_path / "generic"), ["negative", "positive"])
-    assert pipeline._needs_fine_tuning(str(tmp_path / "generic"), ["a", "b", "c"])
+    assert not teacher_stage.needs_fine_tuning(pipeline, str(tmp_path / "generic"), ["negative", "positive"])
+    assert teacher_stage.needs_fine_tuning(pipeline, str(tmp_path / "generic"), ["a", "b", "c"])
     classifier.bert.save_pretrained(tmp_path / "encoder")  # no classification head
-    assert pipeline._needs_fine_tuning(str(tmp_path / "encoder"), ["neg", "pos"])
+    assert teacher_stage.needs_fine_tuning(pipeline, str(tmp_path / "encoder"), ["neg", "pos"])
 
 
 def test_recipe_errors_are_clear(tmp_path):
@@ -543,7 +557,7 @@ def test_bad_output_dir_and_missing_stage_input_fail_before_work(tmp_path):
         Pipeline(recipe, progress=lambda _m: None).run()
     empty = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), progress=print)
     with pytest.raises(PipelineError, match="guard stage's output .*shipped.json is missing"):
-        empty.stage_quantization()
+        quantization_stage.stage_quantization(empty)
     missing = {"output_dir": str(tmp_path / "p"), "augment": "false", "student_init_from": str(tmp_path / "nothing")}
     with pytest.raises(
         PipelineError,
@@ -679,7 +693,8 @@ def test_models_run_outside_a_trainer_are_placed_on_the_process_device_on_a_resu
 
     from datasets import Dataset
 
-    import trainer_ext.pipeline.pipeline as module
+    import trainer_ext.pipeline.stages.augmentation as module
+    import trainer_ext.pipeline.stages.teacher as teacher_module
 
     root, recipe_path, _, _ = finished_run
     for name in ("teacher", "precision.json"):
@@ -696,13 +711,13 @@ def test_models_run_outside_a_trainer_are_placed_on_the_process_device_on_a_resu
         seen["augmentation"] = (next(augmenter.model.parameters()).device.type, next(teacher.parameters()).device.type)
         return Dataset.from_dict({"text": [], "label": []})
 
-    monkeypatch.setattr(module, "compute_teacher_logits", fake_logits)
+    monkeypatch.setattr(teacher_module, "compute_teacher_logits", fake_logits)
     monkeypatch.setattr(module.TextGenerationAugmenter, "augment", fake_augment)
     pipeline = Pipeline(load_recipe(recipe_path, overrides={"run": {"output_dir": str(tmp_path)}}), lambda _m: 0)
-    pipeline.data = pipeline.stage_data()
-    teacher, tokenizer = pipeline._teacher()
-    pipeline._teacher_logits(teacher, tokenizer, "train")
-    pipeline.stage_augmentation()
+    pipeline.data = data_stage.stage_data(pipeline)
+    teacher, tokenizer = teacher_stage.load_teacher(pipeline)
+    teacher_stage.teacher_logits(pipeline, teacher, tokenizer, "train")
+    augmentation_stage.stage_augmentation(pipeline)
     assert seen == {"teacher logits": ("meta", "meta"), "augmentation": ("meta", "meta")}
 
 
@@ -712,8 +727,8 @@ def test_the_packaged_minilm_is_a_student_whole_or_k_of_its_layers(tmp_path):
     from trainer_ext.data.assets import minilm_teacher_path
 
     pipeline = Pipeline(load_recipe(None, overrides={"run": {"output_dir": str(tmp_path / "o")}}), lambda _m: 0)
-    whole, tokenizer = pipeline._build_student("minilm", ["neg", "pos"])
-    part, _ = pipeline._build_student("minilm-layers-2", ["neg", "pos"])
+    whole, tokenizer = students_stage.build_pipeline_student(pipeline, "minilm", ["neg", "pos"])
+    part, _ = students_stage.build_pipeline_student(pipeline, "minilm-layers-2", ["neg", "pos"])
     encoder = AutoModelForSequenceClassification.from_pretrained(minilm_teacher_path(), num_labels=2)
     assert (whole.config.num_hidden_layers, whole.config.hidden_size, whole.config.id2label) == (
         6,
@@ -747,7 +762,7 @@ def test_a_student_vocabulary_that_cannot_read_the_data_is_refused_before_traini
     with pytest.raises(PipelineError, match=r"run.student .*alien'.*% of the training text's tokens are unknown"):
         Pipeline(recipe, progress=lambda _m: None).run()
     assert not (tmp_path / "out").exists()
-    from trainer_ext.pipeline.pipeline import unknown_token_share
+    from trainer_ext.pipeline.checks import unknown_token_share
 
     assert unknown_token_share(AutoTokenizer.from_pretrained(assets["teacher"]), ["the great film 1"]) == 0.0
 
@@ -760,18 +775,18 @@ def test_the_teacher_can_be_fine_tuned_to_a_validation_plateau(tmp_path):
     overrides = {"teacher_training": {"num_train_epochs": "6", "learning_rate": "0.05"}}
     pipeline = Pipeline(load_recipe(recipe, overrides=overrides), progress=lambda _m: None)
     pipeline.check()
-    pipeline.data = pipeline.stage_data()
-    pipeline.stage_teacher()
+    pipeline.data = data_stage.stage_data(pipeline)
+    teacher_stage.stage_teacher(pipeline)
     plateau = json.loads((tmp_path / "out" / "teacher" / "trainer_ext_plateau.json").read_text())
     assert plateau["max_steps"] == 6 * 5 and plateau["best_step"] <= plateau["steps"] <= plateau["max_steps"]
     assert 0 <= plateau["best_eval_accuracy"] <= 1 and plateau["split"] == "validation"
     # The kept teacher is the best evaluated one: its accuracy on the eval split is the best recorded.
-    teacher, tokenizer = pipeline._teacher()
+    teacher, tokenizer = teacher_stage.load_teacher(pipeline)
     logits = ClassifierRunner(teacher, tokenizer).logits(list(pipeline.data["validation"]["text"]), max_length=64)
     assert accuracy(logits, np.asarray(pipeline.data["validation"]["label"])) == pytest.approx(
         plateau["best_eval_accuracy"], abs=1e-6
     )
-    assert "to a plateau on the validation split" in pipeline._describe_teacher()
+    assert "to a plateau on the validation split" in card_stage.describe_teacher(pipeline)
     # Its checkpoints are gone once the best weights are saved (the MPNet teacher's left 1.3 GB in runs/teacher).
     assert not list((tmp_path / "out" / "runs" / "teacher").glob("checkpoint-*"))
     with pytest.raises(RecipeError, match="teacher_patience must be >= 1"):
@@ -786,8 +801,8 @@ def test_the_teacher_trains_to_a_plateau_by_default_within_a_step_budget_and_nul
     overrides = {"teacher_training": {"max_steps": "12", "learning_rate": "0.05"}}
     pipeline = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, augment=False), overrides=overrides), lambda _m: 0)
     assert pipeline.args.teacher_patience == 2
-    pipeline.data = pipeline.stage_data()
-    pipeline.stage_teacher()
+    pipeline.data = data_stage.stage_data(pipeline)
+    teacher_stage.stage_teacher(pipeline)
     plateau = json.loads((tmp_path / "out" / "teacher" / "trainer_ext_plateau.json").read_text())
     assert plateau["max_steps"] == 12 and plateau["patience"] == 2 and plateau["steps"] <= 12
 
@@ -795,10 +810,10 @@ def test_the_teacher_trains_to_a_plateau_by_default_within_a_step_budget_and_nul
     fixed.mkdir()
     recipe = load_recipe(tiny_recipe(fixed, assets, augment=False, teacher_patience=None), overrides=overrides)
     pipeline = Pipeline(recipe, lambda _m: 0)
-    pipeline.data = pipeline.stage_data()
-    pipeline.stage_teacher()
+    pipeline.data = data_stage.stage_data(pipeline)
+    teacher_stage.stage_teacher(pipeline)
     assert not (fixed / "out" / "teacher" / "trainer_ext_plateau.json").exists()
-    assert pipeline._describe_teacher().endswith("fine-tuned here on the training split for 12 steps")
+    assert card_stage.describe_teacher(pipeline).endswith("fine-tuned here on the training split for 12 steps")
 
 
 def test_an_int8_labelling_teacher_labels_the_transfer_set_only_and_the_run_records_it(tmp_path):
@@ -810,10 +825,10 @@ def test_an_int8_labelling_teacher_labels_the_transfer_set_only_and_the_run_reco
     assets = write_assets(tmp_path)
     overrides = {"augmentation": {"teacher_labelling": "int8"}}
     pipeline = Pipeline(load_recipe(tiny_recipe(tmp_path, assets), overrides=overrides), lambda _m: 0)
-    pipeline.data = pipeline.stage_data()
-    pipeline.stage_teacher()
+    pipeline.data = data_stage.stage_data(pipeline)
+    teacher_stage.stage_teacher(pipeline)
     with pipeline.settings.reading("augmentation"):
-        pipeline.stage_augmentation()
+        augmentation_stage.stage_augmentation(pipeline)
     reads = pipeline.settings.reads["augmentation"]
     assert {"augmentation.teacher_labelling", "augmentation.min_labelling_agreement"} <= reads
     out = tmp_path / "out"
@@ -827,11 +842,11 @@ def test_an_int8_labelling_teacher_labels_the_transfer_set_only_and_the_run_reco
     assert precision["teacher_logits"]["precision"] in ("fp32", "bf16")
     int8 = out / "augmentation" / "teacher_int8" / "model_quantized.onnx"
     generated = load_from_disk(str(out / "augmentation" / "augmented"))
-    teacher, tokenizer = pipeline._teacher()
+    teacher, tokenizer = teacher_stage.load_teacher(pipeline)
     expected = ClassifierRunner(int8, tokenizer).logits(list(generated["text"]), max_length=64)
     assert np.allclose(np.asarray(generated["teacher_logits"]), expected, atol=1e-5)
     # The original sentences are labelled by the PyTorch teacher, in the teacher_logits precision.
-    original = np.asarray(pipeline._original_with_logits(teacher, tokenizer)["teacher_logits"])
+    original = np.asarray(distillation_stage.original_with_logits(pipeline, teacher, tokenizer)["teacher_logits"])
     with torch.no_grad():
         inputs = tokenizer(list(pipeline.data["train"]["text"][:4]), padding=True, return_tensors="pt")
         direct = teacher.eval()(**inputs).logits.numpy()

@@ -8,7 +8,10 @@ from test_pipeline import tiny_recipe, write_assets
 
 from trainer_ext.pipeline.pipeline import Pipeline, PipelineError, summary_table
 from trainer_ext.pipeline.recipe import RecipeError, load_recipe
-from trainer_ext.pipeline.selection import Budget, guard, int8_figures, pick, teacher_note
+from trainer_ext.pipeline.rules import Budget, guard, int8_figures, pick, teacher_note
+from trainer_ext.pipeline.shared import candidate_dir
+from trainer_ext.pipeline.stages import guard as guard_stage
+from trainer_ext.pipeline.stages import selection as selection_stage
 from trainer_ext.reporting.cards import md
 
 
@@ -113,7 +116,8 @@ def selection_run(tmp_path_factory):
     recipe = load_recipe(tiny_recipe(root, assets, student=students, max_accuracy_drop=0.5, augment=False))
     pipeline = Pipeline(recipe, progress=lambda _m: None)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Pipeline, "_teacher_eval_accuracy", lambda *_args: 1.01)
+        patch.setattr(selection_stage, "teacher_eval_accuracy", lambda *_args: 1.01)
+        patch.setattr(guard_stage, "teacher_eval_accuracy", lambda *_args: 1.01)
         results = pipeline.run()
     return root / "out", pipeline, results, assets
 
@@ -136,7 +140,7 @@ def test_every_candidate_is_recorded_and_the_closest_is_shipped_when_none_meets_
     assert "no candidate met the budget" in selection["reason"]
     # The shipped candidate is copied, not trained again, and its INT8 search is reused.
     assert not (out / "runs" / "student_distilled").exists()
-    candidate = out / "candidates" / pipeline._candidate_dir(best).name
+    candidate = out / "candidates" / candidate_dir(pipeline, best).name
     shipped_weights = (out / "student_distilled" / "model.safetensors").read_bytes()
     assert shipped_weights == (candidate / "model.safetensors").read_bytes()
     assert (out / "student_distilled" / "onnx" / "model_quantized.onnx").exists()
@@ -220,10 +224,8 @@ def test_the_undistilled_student_is_shipped_when_it_is_more_accurate(tmp_path, m
     """The guard: here the eval-split accuracies are set so that plain fine-tuning wins; the card, the INT8 model and
     results.json then belong to the undistilled student, and the card says why."""
     accuracies = {"student_distilled": 0.5, "student_no_distillation": 0.75}
-    monkeypatch.setattr(Pipeline, "_eval_accuracy", lambda self, runner: accuracies[runner.trainer_ext_name])
-    from trainer_ext.pipeline import pipeline as pipeline_module
-
-    real_runner = pipeline_module.ClassifierRunner
+    monkeypatch.setattr(guard_stage, "eval_accuracy", lambda self, runner: accuracies[runner.trainer_ext_name])
+    real_runner = guard_stage.ClassifierRunner
 
     def named_runner(model, tokenizer, **kwargs):
         runner = real_runner(model, tokenizer, **kwargs)
@@ -231,9 +233,9 @@ def test_the_undistilled_student_is_shipped_when_it_is_more_accurate(tmp_path, m
         runner.trainer_ext_name = next((n for n in accuracies if path.endswith(n)), None)
         return runner
 
-    monkeypatch.setattr(pipeline_module, "ClassifierRunner", named_runner)
+    monkeypatch.setattr(guard_stage, "ClassifierRunner", named_runner)
     # And a teacher no better than the undistilled student: said in one sentence, in the summary and the card.
-    monkeypatch.setattr(Pipeline, "_teacher_eval_accuracy", lambda *_args: 0.75)
+    monkeypatch.setattr(guard_stage, "teacher_eval_accuracy", lambda *_args: 0.75)
     assets = write_assets(tmp_path)
     results = Pipeline(load_recipe(tiny_recipe(tmp_path, assets, augment=False)), progress=lambda _m: None).run()
     out = tmp_path / "out"
