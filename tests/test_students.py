@@ -346,11 +346,11 @@ def _batches(vocab_size: int = 200) -> list[dict[str, torch.Tensor]]:
 def test_projection_with_a_permutation_basis_reproduces_the_teacher(teacher):
     """With nothing dropped (every head and neuron, a square basis) the projection is exact. A permutation is used
     rather than the identity so that a weight projected on the wrong side, or a norm left unprojected, shows up."""
-    from trainer_ext.training.students import _project_encoder
+    from trainer_ext.training.narrowing import project_encoder
 
     permutation = torch.eye(64)[torch.randperm(64, generator=torch.Generator().manual_seed(0))]
     student = BertForSequenceClassification(teacher.config)
-    _project_encoder(teacher, student, permutation, kept=[0, 1, 2, 3])
+    project_encoder(teacher, student, permutation, kept=[0, 1, 2, 3])
     inputs = make_inputs()
     torch.testing.assert_close(logits(student, inputs), logits(teacher, inputs), atol=1e-5, rtol=0)
     assert not torch.equal(
@@ -465,13 +465,13 @@ def _head_rows(heads: list[int], head_size: int) -> torch.Tensor:
 def test_mpnet_projection_with_a_permutation_basis_reproduces_the_teacher():
     """Every head, neuron and layer kept on a permuted basis: exact only if the attention, the feed-forward layers, all
     LayerNorms, the shared relative attention bias, the embeddings and the classification head are all carried over."""
-    from trainer_ext.training.students import _project_encoder
+    from trainer_ext.training.narrowing import project_encoder
 
     torch.manual_seed(0)
     teacher = _mpnet(hidden_size=48, num_hidden_layers=3)
     permutation = torch.eye(48)[torch.randperm(48, generator=torch.Generator().manual_seed(0))]
     student = MPNetForSequenceClassification(teacher.config)
-    _project_encoder(teacher, student, permutation, kept=[0, 1, 2])
+    project_encoder(teacher, student, permutation, kept=[0, 1, 2])
     inputs = make_inputs()
     torch.testing.assert_close(logits(student, inputs), logits(teacher, inputs), atol=1e-5, rtol=0)
     assert torch.equal(

@@ -537,7 +537,7 @@ def test_pooled_distillation_across_tokenizers_trains_a_projection_that_is_never
         teacher_model=teacher,
         teacher_tokenizer=teacher_tokenizer,
     )
-    resumed._fit_pooled_projection = lambda *args: pytest.fail("a resumed run must not refit the projection")
+    resumed.projections.fit_pooled = lambda *args: pytest.fail("a resumed run must not refit the projection")
     resumed.train(resume_from_checkpoint=str(checkpoint))
     assert resumed.state.global_step == 7
 
