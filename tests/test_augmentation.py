@@ -317,24 +317,24 @@ def test_packaged_smollm2_gguf_loads_and_generates():
 
 def test_a_gguf_generator_is_converted_once_into_the_cache(tmp_path, monkeypatch, gen_tokenizer):
     """The first load of a .gguf file saves the converted model and tokenizer; later loads read that folder."""
-    from trainer_ext.data.transfer import augmentation
+    from trainer_ext.data.transfer import generation
 
     monkeypatch.setenv("TRAINER_EXT_CACHE", str(tmp_path / "cache"))
     gguf = tmp_path / "models" / "tiny.Q4.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF not really")
     calls = []
-    real = augmentation._load_causal_lm
+    real = generation._load_causal_lm
 
     def fake_gguf_load(name_or_path, gguf_file=None):
         calls.append((name_or_path, gguf_file))
         return (tiny_gpt2(gen_tokenizer), gen_tokenizer) if gguf_file else real(name_or_path)
 
-    monkeypatch.setattr(augmentation, "_load_causal_lm", fake_gguf_load)
-    first, _ = augmentation.load_generator(str(gguf))
+    monkeypatch.setattr(generation, "_load_causal_lm", fake_gguf_load)
+    first, _ = generation.load_generator(str(gguf))
     converted = tmp_path / "cache" / f"gguf-tiny.Q4-{gguf.stat().st_size}"
     assert calls == [(str(gguf.parent), gguf.name)] and (converted / "config.json").is_file()
-    second, tokenizer = augmentation.load_generator(str(gguf))
+    second, tokenizer = generation.load_generator(str(gguf))
     assert calls[-1] == (str(converted), None) and tokenizer.eos_token == gen_tokenizer.eos_token
     assert torch.equal(first.lm_head.weight, second.lm_head.weight)
     assert not list(converted.parent.glob(".*.tmp*"))  # written atomically: no temporary folder left

@@ -1,12 +1,14 @@
 """Load text classification datasets (built-in offline, local files or Hub) into train/validation/test splits
-with `text` and `label` columns, and validate them before training."""
+with `text` and `label` columns, and validate them before training.
+
+Local files are read by `readers.py`; the checks and `DataValidationError` are `validation.py`'s (importable from
+here too)."""
 
 from __future__ import annotations
 
 import os
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -17,6 +19,15 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 from transformers.utils import logging
 
 from trainer_ext.data.assets import movie_reviews_path, rotten_tomatoes_corpus_path
+from trainer_ext.data.readers import SPLIT_ALIASES, normalize_data_files, read_data_files, read_local
+from trainer_ext.data.validation import (
+    DataValidationError,
+    arrow_column,
+    check_whole_numbers,
+    validate_label_column,
+    validate_text_classification_dataset,
+    validate_text_classification_splits,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -38,36 +49,11 @@ OFFLINE_UNLABELED_NAME = "imdb_reviews_offline"  # the packaged IMDB reviews, un
 SPLITS = ("train", "validation", "test")
 TEXT_ALIASES = ("sentence", "review", "content")
 LABEL_ALIASES = ("labels", "target", "category")
-SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
-# Extension -> (datasets builder, builder kwargs).
-FILE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"delimiter": "\t"}),
-    ".json": ("json", {}),
-    ".jsonl": ("json", {}),
-    ".parquet": ("parquet", {}),
-}
-COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 # The Hub's `rotten_tomatoes` (Pang & Lee): 5,331 reviews per class, split 8,530 / 1,066 / 1,066.
 RT_LABEL_NAMES = ["neg", "pos"]
 RT_CATEGORY_TO_LABEL = {"rotten": 0, "fresh": 1}
 RT_PER_CLASS_SPLIT_SIZES = {"train": 4265, "validation": 533, "test": 533}
-_MAX_REPORTED = 5
-
-
-class DataValidationError(ValueError):
-    """The data cannot be used for text classification as is; the message says how to fix it.
-
-    `settings` names the arguments of `load_text_classification_dataset` that would fix it, with suggested values
-    (`{"label_column": "sentiment"}`), so that a command line can name its own flags; `problem` is the message
-    without that suggestion.
-    """
-
-    def __init__(self, problem: str, *, settings: dict[str, str] | None = None) -> None:
-        self.problem, self.settings = problem, dict(settings or {})
-        fix = ", ".join(f"{name}={value!r}" for name, value in self.settings.items())
-        super().__init__(f"{problem} Pass {fix}." if fix else problem)
 
 
 class DatasetUnavailableError(ConnectionError):
@@ -117,7 +103,7 @@ def load_text_classification_dataset(
         return _subsample_train(dataset, max_train_samples, seed)
 
     if data_files is not None:
-        raw = _load_data_files(_normalize_data_files(data_files), cache_dir)
+        raw = read_data_files(normalize_data_files(data_files), cache_dir)
     else:
         raw = _load_path_or_hub(str(name_or_path), config_name, cache_dir)
 
@@ -200,69 +186,6 @@ def load_unlabeled_texts(name_or_path: str, text_column: str = "text") -> list[s
     return texts
 
 
-def validate_text_classification_dataset(
-    dataset: Dataset,
-    *,
-    text_column: str = "text",
-    label_column: str = "label",
-    num_labels: int | None = None,
-    split_name: str = "train",
-) -> None:
-    """Raise `DataValidationError` (with a fix) if `dataset` cannot train or evaluate a text classifier.
-
-    Checks: not empty, both columns present, labels integers in `[0, num_labels)` (`num_labels` defaults to the
-    `ClassLabel`'s number of classes), texts non-empty strings. Works on columns with pyarrow, not row by row.
-    """
-    where = f"split '{split_name}'"
-    if len(dataset) == 0:
-        raise DataValidationError(
-            f"{where} is empty: it has no rows. Check the data files and any filtering, or give the split some "
-            "examples (missing validation/test splits are carved from train by `load_text_classification_dataset`)."
-        )
-    for column, keyword in ((text_column, "text_column"), (label_column, "label_column")):
-        if column not in dataset.column_names:
-            raise DataValidationError(
-                f"{where} has no column '{column}'. Available columns: {dataset.column_names}. "
-                f"Pass {keyword}=<name of the column>."
-            )
-    table = dataset.select_columns([text_column, label_column]).with_format("arrow")[:]
-    feature = dataset.features[label_column]
-    if num_labels is None and isinstance(feature, ClassLabel):
-        num_labels = feature.num_classes
-    _validate_labels(table.column(label_column), label_column, num_labels, where)
-    _validate_texts(table.column(text_column), text_column, where)
-
-
-def validate_label_column(
-    dataset: Dataset,
-    label_column: str,
-    num_labels: int | None,
-    *,
-    split_name: str = "train",
-    ignore_index: int | None = None,
-) -> None:
-    """Check only the labels (tokenized training sets may have no text column left). Rows whose label equals
-    `ignore_index` (-100 for `Trainer`) are deliberately unlabelled and skipped."""
-    labels = _arrow_column(dataset, label_column)
-    if ignore_index is not None and (pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)):
-        labels = pc.filter(labels, pc.fill_null(pc.not_equal(labels, ignore_index), True))
-    _validate_labels(labels, label_column, num_labels, f"split '{split_name}'")
-
-
-def validate_text_classification_splits(
-    dataset: DatasetDict,
-    *,
-    text_column: str = "text",
-    label_column: str = "label",
-    num_labels: int | None = None,
-) -> None:
-    """Validate every split of `dataset` with `validate_text_classification_dataset`."""
-    for split_name, split in dataset.items():
-        validate_text_classification_dataset(
-            split, text_column=text_column, label_column=label_column, num_labels=num_labels, split_name=split_name
-        )
-
-
 def label_names(dataset: Dataset | DatasetDict, label_column: str = "label") -> list[str]:
     """Class names from the `ClassLabel` feature; otherwise sorted string labels or `["0", ..., str(max)]`."""
     if isinstance(dataset, DatasetDict):
@@ -276,7 +199,7 @@ def label_names(dataset: Dataset | DatasetDict, label_column: str = "label") -> 
     feature = dataset.features[label_column]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
-    values = pc.drop_null(_arrow_column(dataset, label_column))
+    values = pc.drop_null(arrow_column(dataset, label_column))
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         return sorted(pc.unique(values).to_pylist())
     if len(values) == 0:
@@ -298,106 +221,9 @@ def id2label_label2id(names: Sequence[str]) -> tuple[dict[int, str], dict[str, i
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _file_format(path: str | os.PathLike[str]) -> str | None:
-    """The key of FILE_FORMATS for `path` (compressed files included), or None if unsupported."""
-    name = str(path).lower()
-    for suffix in COMPRESSION_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    extension = os.path.splitext(name)[1]
-    return extension if extension in FILE_FORMATS else None
-
-
-def _normalize_data_files(
-    data_files: str | os.PathLike[str] | Sequence[str] | Mapping[str, str | Sequence[str]],
-) -> dict[str, list[str]]:
-    if isinstance(data_files, str | os.PathLike):
-        return {"train": [str(data_files)]}
-    if isinstance(data_files, Mapping):
-        return {str(split): [files] if isinstance(files, str) else list(files) for split, files in data_files.items()}
-    return {"train": [str(f) for f in data_files]}
-
-
-def _load_data_files(data_files: dict[str, list[str]], cache_dir: str | None) -> DatasetDict:
-    raw = DatasetDict()
-    for split, files in data_files.items():
-        formats = {_file_format(f) for f in files}
-        supported = ", ".join(FILE_FORMATS)
-        if None in formats:
-            raise ValueError(f"Unsupported file type in {files} for split '{split}': use one of {supported}.")
-        if len(formats) > 1:
-            raise ValueError(f"Split '{split}' mixes file types {files}; convert them to one of {supported}.")
-        for f in files:
-            if not os.path.isfile(f):
-                raise FileNotFoundError(f"Data file '{f}' for split '{split}' does not exist; check the path.")
-        builder, kwargs = FILE_FORMATS[formats.pop()]
-        # One split at a time: splits may have different columns (e.g. a test file without labels).
-        try:
-            raw[split] = datasets.load_dataset(
-                builder, data_files={split: files}, split=split, cache_dir=cache_dir, **kwargs
-            )
-        except Exception as err:  # what datasets says about a file the user gave, said as what to do about it
-            translated = _file_error(err, files, split)
-            if translated is None:
-                raise
-            raise translated from err
-    return raw
-
-
-def _file_error(err: Exception, files: list[str], split: str) -> DataValidationError | None:
-    """A `DataValidationError` for the file errors `datasets` reports in its own terms, or None for the others."""
-    named = ", ".join(f"'{f}'" for f in files)
-    cause: BaseException | None = err
-    while cause is not None and not isinstance(cause, UnicodeDecodeError):
-        cause = cause.__cause__ or cause.__context__
-    if isinstance(cause, UnicodeDecodeError):
-        byte = cause.object[cause.start : cause.start + 1]
-        return DataValidationError(
-            f"{named} is not UTF-8 text: read as {cause.encoding}, byte {byte!r} at position {cause.start} is not "
-            "valid. Re-save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv` for Latin-1)."
-        )
-    if isinstance(err, ValueError) and "corresponds to no data" in str(err):
-        return DataValidationError(
-            f"{named} ({split} split) holds no examples, only a header or nothing. Add rows, one example each."
-        )
-    return None
-
-
-def _split_files_in_directory(directory: Path) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    files = sorted(p for p in directory.iterdir() if p.is_file() and _file_format(p) is not None)
-    for split, aliases in SPLIT_ALIASES.items():
-        for alias in aliases:
-            # `train.csv`, or shards such as `train-00000-of-00002.parquet`.
-            matches = [str(p) for p in files if p.name.split(".")[0] == alias or p.name.startswith(f"{alias}-")]
-            if matches:
-                found[split] = matches
-                break
-    return found
-
-
 def _load_path_or_hub(name_or_path: str, config_name: str | None, cache_dir: str | None) -> DatasetDict:
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            loaded = datasets.load_from_disk(str(path))
-            return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
-        data_files = _split_files_in_directory(path)
-        if "train" not in data_files:
-            raise FileNotFoundError(
-                f"Directory '{path}' has no train file. Put the data in 'train.<ext>' (and optionally "
-                f"'validation.<ext>', 'test.<ext>') with <ext> one of {', '.join(FILE_FORMATS)}, "
-                "or pass data_files={'train': ..., 'validation': ..., 'test': ...}."
-            )
-        return _load_data_files(data_files, cache_dir)
-    if path.is_file() or _file_format(path) is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"Data file '{path}' does not exist; check the path.")
-        if _file_format(path) is None:
-            raise ValueError(f"Unsupported file type '{path}': use one of {', '.join(FILE_FORMATS)}.")
-        return _load_data_files({"train": [str(path)]}, cache_dir)
-    return _load_hub_dataset(name_or_path, config_name, cache_dir)
+    local = read_local(name_or_path, cache_dir)
+    return local if local is not None else _load_hub_dataset(name_or_path, config_name, cache_dir)
 
 
 def _load_hub_dataset(name: str, config_name: str | None, cache_dir: str | None) -> DatasetDict:
@@ -516,7 +342,7 @@ def _normalize_splits(raw: DatasetDict, text_column: str, label_column: str) -> 
 
     labelled: dict[str, Dataset] = {}
     for name, split in selected.items():
-        labels = pc.drop_null(_arrow_column(split, "label"))
+        labels = pc.drop_null(arrow_column(split, "label"))
         numeric = pa.types.is_integer(labels.type) or pa.types.is_floating(labels.type)
         # Before encoding: an unlabelled split's -1 placeholders must not decide the label type of the others.
         if len(split) > 0 and (len(labels) == 0 or (numeric and pc.all(pc.equal(labels, -1)).as_py())):
@@ -542,7 +368,7 @@ def _encode_labels(splits: dict[str, Dataset], primary: str) -> dict[str, Datase
     if isinstance(primary_feature, ClassLabel):
         target = primary_feature
     else:
-        columns = {name: pc.drop_null(_arrow_column(split, "label")) for name, split in splits.items()}
+        columns = {name: pc.drop_null(arrow_column(split, "label")) for name, split in splits.items()}
         types = {
             name: col.type
             for name, col in columns.items()
@@ -558,7 +384,7 @@ def _encode_labels(splits: dict[str, Dataset], primary: str) -> dict[str, Datase
                 for name, kind in types.items():
                     # Before the integer cast silently truncates them.
                     if pa.types.is_floating(kind):
-                        _check_whole_numbers(columns[name], "label", f"split '{name}'")
+                        check_whole_numbers(columns[name], "label", f"split '{name}'")
                 maxima = [pc.max(columns[name]).as_py() for name in types if len(columns[name])]
                 target = ClassLabel(names=[str(i) for i in range(int(max(maxima, default=0)) + 1)])
         else:
@@ -602,7 +428,7 @@ def _carve(source: Dataset, size: int, seed: int, split_name: str) -> tuple[Data
             f"Cannot carve {size} rows for split '{split_name}' from {len(source)} training rows; pass a smaller "
             f"{split_name}_size, more data, or a '{split_name}' file."
         )
-    counts = np.bincount(np.asarray(_arrow_column(source, "label")), minlength=num_classes)
+    counts = np.bincount(np.asarray(arrow_column(source, "label")), minlength=num_classes)
     present = int((counts > 0).sum())
     stratify = counts[counts > 0].min() >= 2 and present <= size <= len(source) - present
     if not stratify:
@@ -647,83 +473,3 @@ def _subsample_train(dataset: DatasetDict, max_train_samples: int | None, seed: 
     rng = np.random.default_rng(seed)
     keep = np.sort(rng.choice(len(dataset["train"]), size=max_train_samples, replace=False))
     return DatasetDict({**dataset, "train": dataset["train"].select(keep)})
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Validation helpers (pyarrow compute: 100k rows in milliseconds)
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _arrow_column(dataset: Dataset, column: str) -> pa.ChunkedArray:
-    # Goes through the arrow formatter so a select()/shuffle() indices mapping is honoured.
-    return dataset.select_columns([column]).with_format("arrow")[:].column(column)
-
-
-def _first_indices(mask: pa.ChunkedArray | pa.Array) -> list[int]:
-    return pc.indices_nonzero(mask).to_pylist()[:_MAX_REPORTED]
-
-
-def _check_whole_numbers(labels: pa.ChunkedArray, column: str, where: str) -> None:
-    fractional = pc.fill_null(pc.not_equal(labels, pc.floor(labels)), False)
-    if pc.any(fractional).as_py():
-        bad = pc.filter(labels, fractional)
-        raise DataValidationError(
-            f"{where}: {len(bad)} labels in column '{column}' are not whole numbers (e.g. "
-            f"{pc.unique(bad).to_pylist()[:_MAX_REPORTED]}, first at rows {_first_indices(fractional)}); "
-            "classification needs integer class ids. Round or bin them into classes, or encode them with "
-            "`class_encode_column`."
-        )
-
-
-def _validate_labels(labels: pa.ChunkedArray, column: str, num_labels: int | None, where: str) -> None:
-    null_count = labels.null_count
-    if null_count:
-        raise DataValidationError(
-            f"{where}: {null_count} of {len(labels)} labels in column '{column}' are missing (null), first at rows "
-            f"{_first_indices(pc.is_null(labels))}. Drop those rows or fill in their labels."
-        )
-    kind = labels.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        examples = pc.unique(labels).to_pylist()[:_MAX_REPORTED]
-        raise DataValidationError(
-            f"{where}: labels in column '{column}' are strings (e.g. {examples}), not class ids. Encode them with "
-            f"`dataset = dataset.class_encode_column('{column}')` or "
-            f"`dataset.cast_column('{column}', ClassLabel(names=[...]))`."
-        )
-    if pa.types.is_floating(kind):
-        _check_whole_numbers(labels, column, where)
-    elif not pa.types.is_integer(kind):
-        raise DataValidationError(
-            f"{where}: labels in column '{column}' have type {kind}, not integer class ids. Cast them with "
-            f"`dataset.cast_column('{column}', ClassLabel(names=[...]))`."
-        )
-    if len(labels) == 0:
-        return
-    low = pc.less(labels, 0)
-    out = pc.or_(low, pc.greater_equal(labels, num_labels)) if num_labels is not None else low
-    if pc.any(out).as_py():
-        bad = pc.filter(labels, out)
-        values = sorted(pc.unique(bad).to_pylist())
-        expected = f"[0, {num_labels})" if num_labels is not None else "[0, num_labels)"
-        hint = " -1 usually marks unlabelled rows (as in GLUE test splits): drop them." if -1 in values else ""
-        raise DataValidationError(
-            f"{where}: {len(bad)} labels in column '{column}' are outside {expected}: values "
-            f"{[int(v) for v in values[:10]]}, first at rows {_first_indices(out)}.{hint} The model's num_labels "
-            "and id2label must match the dataset's classes; pass the right num_labels or fix the labels."
-        )
-
-
-def _validate_texts(texts: pa.ChunkedArray, column: str, where: str) -> None:
-    if not (pa.types.is_string(texts.type) or pa.types.is_large_string(texts.type)):
-        raise DataValidationError(
-            f"{where}: column '{column}' has type {texts.type}, but texts must be strings. Pass the right "
-            f"text_column, or cast it with `dataset.cast_column('{column}', Value('string'))`."
-        )
-    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0), True)
-    count = pc.sum(blank).as_py() or 0
-    if count:
-        raise DataValidationError(
-            f"{where}: {count} of {len(texts)} texts in column '{column}' are missing, empty or whitespace-only, "
-            f"first at rows {_first_indices(blank)}. Remove them, e.g. "
-            f"`dataset.filter(lambda x: x['{column}'] is not None and x['{column}'].strip() != '')`."
-        )

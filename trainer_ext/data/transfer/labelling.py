@@ -21,10 +21,11 @@ from typing import Any, Literal
 
 import numpy as np
 from accelerate.utils import gather_object
-from datasets import Dataset
+from datasets import ClassLabel, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from trainer_ext.data.transfer.arguments import LABELLING_FORMS, AugmentationArguments, AugmentationError
 from trainer_ext.deployment.benchmark import ClassifierRunner
 from trainer_ext.deployment.quantization import INT8_FILE, dynamic_int8
 from trainer_ext.files import write_json
@@ -41,7 +42,6 @@ from trainer_ext.training.teacher import (
 
 logger = logging.get_logger(__name__)
 
-LABELLING_FORMS = ("auto", "fp32", "bf16", "int8")
 INT8_LABELLER_DIR = "teacher_int8"  # under the augmentation output folder
 LABELLER_RECORD = "labeller.json"  # beside the INT8 file: the teacher it was made from
 _NAMES = {"fp32": "FP32", "bf16": "bf16 autocast", "int8": "ONNX Runtime INT8"}
@@ -245,6 +245,89 @@ def choose_labelling(
     return LabellingChoice(auto, requested, fallback, fallback=fallback, **record, int8_config=built["int8_config"])
 
 
+# ------------------------------------------------------------------------------------------- labelling the set
+def relabel(
+    dataset: Dataset,
+    teacher: PreTrainedModel | None,
+    teacher_tokenizer: PreTrainedTokenizerBase | None,
+    label_names: list[str],
+    stats: dict,
+    args: AugmentationArguments,
+    *,
+    labelling: LabellingChoice | None = None,
+    teacher_bf16: bool = False,
+) -> Dataset:
+    """Add `teacher_logits` and `label` (the teacher's argmax, or the prompt label without a teacher) to generated
+    `text`/`prompt_label` rows, apply the teacher filters, and record agreement statistics in `stats`.
+
+    The teacher labels in the `labelling` form (`choose_labelling`), else in FP32 or, with `teacher_bf16`, bf16
+    autocast; `args` gives the student's `max_length`, the `output_dir` of the logits' cache and the filters."""
+    num_labels = len(label_names)
+    if teacher is None:
+        logits = np.full((len(dataset), num_labels), np.nan, dtype=np.float32)
+        labels = list(dataset["prompt_label"])
+    else:
+        if teacher.config.num_labels != num_labels:
+            raise AugmentationError(
+                f"The teacher predicts {teacher.config.num_labels} labels but the data has "
+                f"{num_labels} ({label_names})."
+            )
+        cache_dir = Path(args.output_dir) / "_teacher_logits" if args.output_dir else None
+        start = time.perf_counter()
+        if labelling is not None and labelling.form == "int8":
+            logits = int8_teacher_logits(
+                labelling, teacher_tokenizer, dataset, max_length=args.max_length, cache_dir=cache_dir
+            )
+        else:
+            logits = compute_teacher_logits(
+                teacher,
+                dataset,
+                teacher_tokenizer=teacher_tokenizer,
+                text_column="text",
+                max_length=args.max_length,  # the length the student trains at: the logits the trainer would get
+                bf16=labelling.bf16 if labelling is not None else teacher_bf16,
+                cache_dir=cache_dir,
+            )
+        stats["labelling_seconds"] = time.perf_counter() - start
+        labels = logits.argmax(-1).tolist()
+    stats["teacher_labelling"] = labelling.to_dict() if teacher is not None and labelling else None
+    dataset = dataset.add_column("teacher_logits", [row.tolist() for row in logits])
+    dataset = dataset.add_column("label", labels)
+    dataset = dataset.cast_column("label", ClassLabel(names=label_names))
+    if "source" not in dataset.column_names:
+        dataset = dataset.add_column("source", ["generated"] * len(dataset))
+    prompt = np.asarray(list(dataset["prompt_label"]))
+    generated = prompt >= 0  # unlabelled sentences have no prompt to agree with
+    agree = (np.asarray(labels) == prompt) | ~generated
+    stats["teacher_agreement"] = float(agree[generated].mean()) if teacher is not None and generated.any() else None
+    stats["per_label_agreement"] = (
+        {label_names[i]: float(agree[prompt == i].mean()) for i in range(num_labels) if (prompt == i).any()}
+        if teacher is not None
+        else None
+    )
+    keep = np.ones(len(dataset), dtype=bool)
+    if teacher is not None and args.min_teacher_confidence is not None:
+        shifted = logits - logits.max(-1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+        keep &= probs.max(-1) >= args.min_teacher_confidence
+    if teacher is not None and args.require_label_agreement:
+        keep &= agree
+    stats["dropped_by_teacher_filters"] = int((~keep).sum())
+    if not keep.all():
+        dataset = dataset.select(np.flatnonzero(keep).tolist())
+    stats["final"] = len(dataset)
+    stats["final_per_label"] = {
+        label_names[i]: int(c)
+        for i, c in enumerate(np.bincount(np.asarray(list(dataset["label"]), dtype=int), minlength=num_labels))
+    }
+    if len(dataset) == 0:
+        raise AugmentationError(
+            f"The teacher filters removed every sample: {json.dumps(stats)}. Lower "
+            "min_teacher_confidence or turn off require_label_agreement."
+        )
+    return dataset
+
+
 __all__ = [
     "INT8_LABELLER_DIR",
     "LABELLING_FORMS",
@@ -253,4 +336,5 @@ __all__ = [
     "int8_labeller",
     "int8_logits",
     "int8_teacher_logits",
+    "relabel",
 ]
