@@ -118,7 +118,10 @@ def first_transfer(run_dir: Path, size: int, source_run: Path | None = None, sou
 def extended_transfer(run_dir: Path, recipe: Any, size: int, splits: Any) -> Dataset:
     """The run's transfer set grown (or cut) to `size` transfer sentences: its generated rows, then unlabelled
     sentences in the pipeline's own seeded order and filters, the new ones labelled by the run's teacher."""
-    from trainer_ext.data.transfer.augmentation import TextGenerationAugmenter, load_unlabeled_texts, normalize_text
+    from trainer_ext.data.loading import load_unlabeled_texts
+    from trainer_ext.data.transfer.augmentation import TextGenerationAugmenter
+    from trainer_ext.data.transfer.text import normalize_text
+    from trainer_ext.data.transfer.unlabeled import UnlabeledSource
     from trainer_ext.training.precision import bf16_support
     from trainer_ext.training.teacher import compute_teacher_logits
 
@@ -149,7 +152,8 @@ def extended_transfer(run_dir: Path, recipe: Any, size: int, splits: Any) -> Dat
     excluded.update(normalize_text(t) for t in generated["text"])
     stats: dict[str, Any] = {}
     unlabeled = load_unlabeled_texts(args.unlabeled_texts, args.unlabeled_text_column)
-    sentences = augmenter._unlabeled_sentences(unlabeled, excluded, max(0, size - len(generated)), stats)
+    source = UnlabeledSource(unlabeled, args.unlabeled_texts)
+    sentences = augmenter.fill(source, excluded, max(0, size - len(generated)), stats)
     known = list(labelled["text"])
     shared = min(len(known), len(sentences))
     if sentences[:shared] != known[:shared]:

@@ -68,8 +68,9 @@ def _generator_bf16(run_dir: Path) -> bool:
 def measure(augmenter: TextGenerationAugmenter, train_texts, label_names, per_label: int, seed: int) -> dict:
     """Accepted sentences per second through the augmenter's loop, and the real share of computed token slots."""
     slots = {"real": 0, "all": 0}
-    if augmenter._sampler is None:
-        sample = augmenter._sample
+    generator = augmenter.generator  # the generation source: its sampler, or generate's call
+    if generator._sampler is None:
+        sample = generator._sample
 
         def counting_sample(enc):
             out = sample(enc)
@@ -80,9 +81,9 @@ def measure(augmenter: TextGenerationAugmenter, train_texts, label_names, per_la
             slots["all"] += new.numel()
             return out
 
-        augmenter._sample = counting_sample
+        generator._sample = counting_sample
     else:
-        sampler, inner = augmenter._sampler, augmenter._sampler.sample
+        sampler, inner = generator._sampler, generator._sampler.sample
 
         def counting(prompts, seed):
             out = inner(prompts, seed)
@@ -147,16 +148,16 @@ def main(argv: list[str] | None = None) -> int:
         # where the run's generator ran under bf16 autocast.
         static_bf16 = name == "static_compile32" and _generator_bf16(run_dir)
         augmenter = TextGenerationAugmenter(sampling_model(model, "bf16") if static_bf16 else model, tokenizer, args)
-        augmenter._generator_bf16 = _generator_bf16(run_dir) and not static_bf16 and name != "generate32_fp32"
+        augmenter.generator.bf16 = _generator_bf16(run_dir) and not static_bf16 and name != "generate32_fp32"
         augmenter._set_length_bounds(train_texts)
-        augmenter.choose_sampling(augmenter.prompt_names(label_names))
+        augmenter.generator.choose_sampling(augmenter.prompt_names(label_names))
         if name == "static_compile32":
 
-            def static_sample(enc, _augmenter=augmenter):
+            def static_sample(enc, _generator=augmenter.generator):
                 static = {"cache_implementation": "static", "compile_config": _cpu_compile_config()}
-                return _augmenter.model.generate(**enc, **_augmenter.generate_kwargs(), **static)
+                return _generator.model.generate(**enc, **_generator.generate_kwargs(), **static)
 
-            augmenter._sample = static_sample
+            augmenter.generator._sample = static_sample
             compile_start = time.perf_counter()
             augmenter.generate_batch(["negative\t"] * 32, seed=0)  # compiles (the first call's cost, reported apart)
             print(
