@@ -336,13 +336,14 @@ def test_node_probing_stops_at_the_time_budget(tmp_path, tokenizer, monkeypatch)
     import time
     import types
 
+    import trainer_ext.deployment.int8_search as search
     import trainer_ext.deployment.quantization as q
 
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     data = make_dataset(tokenizer, n=32)
     late = {"offset": 0.0}
     clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + late["offset"])
-    monkeypatch.setattr(q, "time", clock)  # the search's clock only; latency timing keeps the real one
+    monkeypatch.setattr(search, "time", clock)  # the search's clock only; latency timing keeps the real one
     # The budget runs out while the first node is probed.
     _fail_plain_candidates(monkeypatch, data, on_probe=lambda: late.update(offset=1e9))
     args = QuantizationArguments(
@@ -462,7 +463,9 @@ def test_histogram_calibration_works_and_time_budget_bounds_building(tmp_path, t
 
 
 def test_a_shape_gets_another_file_only_when_it_is_clearly_faster():
-    from trainer_ext.deployment.quantization import _pick_per_shape
+    from pathlib import Path
+
+    from trainer_ext.deployment.int8_search import Int8Search
 
     def candidate(name, real, batch):
         shapes = {"real_length": {"median_ms": real}, "batch_32": {"median_ms": batch}}
@@ -471,7 +474,9 @@ def test_a_shape_gets_another_file_only_when_it_is_clearly_faster():
     chosen = candidate("a", real=1.00, batch=2.0)
     others = [candidate("b", real=0.95, batch=1.5), candidate("c", real=0.97, batch=3.0)]
     fp32 = {"real_length": {"median_ms": 2.0}, "batch_32": {"median_ms": 3.0}}
-    picks = _pick_per_shape([chosen, *others], chosen, fp32, None, None, 0.8, None, QuantizationArguments(), 0.0, 0)
+    search = Int8Search(Path("unused"), QuantizationArguments(), evaluation=None, calibration=None)
+    search.candidates, search.chosen, search.fp32 = [chosen, *others], chosen, {"shapes": fp32, "metric_value": 0.8}
+    picks = search.pick_per_shape()
     # 5% faster at real length is within noise: the saved model serves it, the other is recorded.
     assert picks["real_length"]["name"] == "a" and picks["real_length"]["fastest_other"]["name"] == "b"
     # 25% faster in batches: its own file.
@@ -483,12 +488,12 @@ def test_the_report_records_the_cpu_instruction_sets_and_flags_inconsistent_cand
 ):
     """Each candidate's figures are checked like the card's variants (a tokenized median below the untokenized one
     beyond noise is flagged, in the report and in the card's trial table), and the CPU is named with its ISA."""
-    import trainer_ext.deployment.quantization as q
     from trainer_ext import write_model_card
     from trainer_ext.deployment.benchmark import cpu_description, cpu_features
+    from trainer_ext.deployment.int8_search import EvalSet
     from trainer_ext.reporting.cards import md
 
-    real_latencies = q._CandidateBuilder.latencies
+    real_latencies = EvalSet.latencies
 
     def broken_for_int8(builder, graphs):
         shaped = real_latencies(builder, graphs)
@@ -497,7 +502,7 @@ def test_the_report_records_the_cpu_instruction_sets_and_flags_inconsistent_cand
                 shapes["real_length_tokenized"] = {"median_ms": shapes["real_length"]["median_ms"] / 3, "p90_ms": 0.1}
         return shaped
 
-    monkeypatch.setattr(q._CandidateBuilder, "latencies", broken_for_int8)
+    monkeypatch.setattr(EvalSet, "latencies", broken_for_int8)
     args = QuantizationArguments(
         approach="dynamic", latency_runs=2, require_speedup=False, max_absolute_drop=1.0, backends=["onnxruntime"]
     )
