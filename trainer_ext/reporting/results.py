@@ -27,6 +27,7 @@ from trainer_ext.files import write_json
 
 RESULTS_FILE = "results.json"
 INT8_VARIANT = "student_int8"
+OPENVINO_VARIANT = "student_openvino"  # the search's OpenVINO pick of the shipped student, when it made one
 LATENCY_METHOD = (
     "interleaved rounds of up to 20 runs per variant, each after at least 5 runs (and 0.25 s) of warm-up; every variant "
     "and shape timed on the same sentences in the same order"
@@ -116,13 +117,28 @@ class Results:
     @property
     def model(self) -> Variant:
         """The variant whose FP32 weights the folder holds."""
-        if self.model_variant in self.variants:
-            return self.variants[self.model_variant]
-        return next((self.variants[n] for n in ("student_distilled", "student") if n in self.variants), Variant())
+        name = self._model_name()
+        return self.variants[name] if name else Variant()
+
+    def _model_name(self) -> str | None:
+        """`model_variant`, or for results that do not hold it, the student they do hold."""
+        return next((n for n in (self.model_variant, "student_distilled", "student") if n in self.variants), None)
 
     @property
     def int8(self) -> Variant:
         return self.variants.get(INT8_VARIANT) or Variant()
+
+    @property
+    def distilled(self) -> bool:
+        """Whether the folder's weights were distilled from a teacher: not a folder quantized alone, nor the student
+        trained on labels alone that the guard shipped instead."""
+        return self.model_variant.startswith("student_distilled")
+
+    def forms(self) -> dict[str, Variant]:
+        """The measured forms of the model in the folder, by variant name: its FP32 weights, its INT8 ONNX model and
+        its OpenVINO model, where each was measured."""
+        names = (self._model_name(), INT8_VARIANT, OPENVINO_VARIANT)
+        return {n: self.variants[n] for n in names if n in self.variants and self.variants[n].measured}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Results:
@@ -232,6 +248,7 @@ def measure(
 
 __all__ = [
     "INT8_VARIANT",
+    "OPENVINO_VARIANT",
     "RESULTS_FILE",
     "Results",
     "ResultsError",
