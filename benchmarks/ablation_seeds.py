@@ -123,7 +123,7 @@ def extended_transfer(run_dir: Path, recipe: Any, size: int, splits: Any) -> Dat
     from trainer_ext.data.transfer.text import normalize_text
     from trainer_ext.data.transfer.unlabeled import UnlabeledSource
     from trainer_ext.training.precision import bf16_support
-    from trainer_ext.training.teacher import compute_teacher_logits
+    from trainer_ext.training.teacher_logits import compute_teacher_logits
 
     cached = run_dir / "ablation_seeds" / f"transfer_{size}"
     if (cached / "dataset_info.json").exists():

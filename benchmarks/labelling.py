@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from trainer_ext.deployment.benchmark import ClassifierRunner, cpu_description  # noqa: E402
 from trainer_ext.training.precision import bf16_support  # noqa: E402
-from trainer_ext.training.teacher import compute_teacher_logits  # noqa: E402
+from trainer_ext.training.teacher_logits import compute_teacher_logits  # noqa: E402
 
 FAITHFUL = 0.99
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import free_port, make_bert, make_dataset, make_sentences, train_wordpiece_tokenizer
 from transformers import DataCollatorWithPadding
 
-from trainer_ext.training.teacher import compute_teacher_logits
+from trainer_ext.training.teacher_logits import compute_teacher_logits
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "ddp_distill.py")
 

@@ -9,7 +9,7 @@ from conftest import args_for, make_bert, make_dataset, make_sentences, train_wo
 from torch import nn
 from transformers import DataCollatorWithPadding
 
-from trainer_ext.training.teacher import compute_teacher_logits, forward_input_names
+from trainer_ext.training.teacher_logits import compute_teacher_logits, forward_input_names
 from trainer_ext.training.trainer import DistillationTrainer
 
 

@@ -38,7 +38,7 @@ from trainer_ext.training.losses import (
     soft_cross_entropy_loss,
 )
 from trainer_ext.training.students import STUDENT_PRESETS, build_student, count_parameters
-from trainer_ext.training.teacher import TeacherLogitsCache, compute_teacher_logits
+from trainer_ext.training.teacher_logits import TeacherLogitsCache, compute_teacher_logits
 from trainer_ext.training.trainer import DistillationError, DistillationTrainer
 
 __all__ = [

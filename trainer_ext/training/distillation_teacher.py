@@ -1,7 +1,7 @@
 """The teacher side of a distillation, as `DistillationTrainer` runs it: loading the teacher, telling whether it reads
 the student's token ids or the raw text with its own tokenizer, checking it against the student and the data, its
-logits added once to the training data (from the cache, see `trainer_ext.training.teacher`), its own tokens added
-beside the student's, the collator that carries both, and its outputs on a training batch."""
+logits added once to the training data (from the cache, see `trainer_ext.training.teacher_logits`), its own tokens
+added beside the student's, the collator that carries both, and its outputs on a training batch."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from transformers import (
 
 from trainer_ext.training.arguments import DistillationTrainingArguments
 from trainer_ext.training.checks import DistillationError, check_label_compatibility
-from trainer_ext.training.teacher import compute_teacher_logits, teacher_encode
+from trainer_ext.training.teacher_logits import compute_teacher_logits, teacher_encode
 
 # Prefix of the training-data columns holding the teacher's own tokens (`teacher_input_ids`, ...), added when it reads
 # raw text with its own tokenizer and also runs on every batch (pooled distillation).

@@ -50,8 +50,8 @@ class DistillationTrainer(Trainer):
     """A `Trainer` that distils a teacher into the model being trained.
 
     With no `teacher_model` and no teacher-logits column in the training data it behaves exactly like `Trainer`.
-    With a teacher, the teacher's logits are computed once before training (see `trainer_ext.training.teacher`), stored under
-    the output directory keyed to the data and the teacher, and the loss becomes
+    With a teacher, the teacher's logits are computed once before training (see `trainer_ext.training.teacher_logits`),
+    stored under the output directory keyed to the data and the teacher, and the loss becomes
 
         (1 - distillation_weight) * CE(student, labels) + distillation_weight * D(student, teacher)
         + hidden_distillation_weight * MSE(project(student hidden), teacher hidden)

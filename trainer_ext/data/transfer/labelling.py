@@ -31,7 +31,7 @@ from trainer_ext.deployment.quantization import INT8_FILE, dynamic_int8
 from trainer_ext.files import write_json
 from trainer_ext.training.distributed import broadcast_from_main, process_state
 from trainer_ext.training.precision import bf16_support
-from trainer_ext.training.teacher import (
+from trainer_ext.training.teacher_logits import (
     CACHE_FORMAT_VERSION,
     TeacherLogitsCache,
     compute_teacher_logits,

@@ -31,7 +31,7 @@ from trainer_ext.deployment.benchmark import accuracy
 from trainer_ext.files import save_pretrained
 from trainer_ext.pipeline.runner import Stage
 from trainer_ext.pipeline.shared import resolve_source, stage_precision, tokenized, training_args
-from trainer_ext.training.teacher import compute_teacher_logits
+from trainer_ext.training.teacher_logits import compute_teacher_logits
 
 if TYPE_CHECKING:
     from trainer_ext.pipeline.pipeline import Pipeline
