@@ -119,9 +119,8 @@ def stage_card(p: Pipeline) -> None:
     )
     results.save(p.out)
     results.save(folder)
-    card = asdict(p.recipe.card.whole())
-    card["model_name"] = card["model_name"] or f"{Path(a.output_dir).name}-student"
-    write_model_card(folder, results, **card)
+    # Without card.model_name the card is named after the student and the data (reporting.default_model_name).
+    write_model_card(folder, results, **asdict(p.recipe.card.whole()))
 
 
 STAGE = Stage("card", stage_card, ("benchmark",))
