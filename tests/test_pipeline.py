@@ -181,6 +181,12 @@ def test_every_stage_runs_and_results_hold_every_variant(finished_run):
     folder = out / "student_distilled"
     assert (folder / "onnx" / "model_quantized.onnx").exists() and (folder / "compression_report.json").exists()
     card = ModelCard.load(folder / "README.md")
+    # Named after the student and the data, never the output folder ("out-student" before).
+    student, data = (
+        Path(load_recipe(root / "recipe.yaml").run.student[0]).name,
+        Path(results["evaluation"]["dataset_name"]),
+    )
+    assert card.data.model_name == f"{student}-distilled-{data.name}" and card.text.startswith(f"\n# {student}-")
     # The transfer set's sources, each with its count.
     assert augmentation["sources"] == {"generated": augmentation["final"]}
     assert f"transfer set: {augmentation['final']:,} generated" in summary_table(results)
