@@ -45,12 +45,12 @@ def test_openvino_models_give_the_onnx_logits_and_a_shape_pick_is_saved_in_optim
 ):
     model, data, _, _ = searched
     # Make OpenVINO the only fast runtime: every ONNX Runtime INT8 candidate fails to build.
-    from trainer_ext.deployment import quantization
+    from trainer_ext.deployment import candidates
 
     def no_ort(self, candidate):
         raise RuntimeError("ONNX Runtime candidate disabled for this test")
 
-    monkeypatch.setattr(quantization._CandidateBuilder, "build", no_ort)
+    monkeypatch.setattr(candidates.CandidateBuilder, "build", no_ort)
     args = QuantizationArguments(**{**ARGS, "require_speedup": False})
     report = quantize_model(model, tokenizer, data, tmp_path, args, calibration_dataset=data)
     picks = report["per_shape"]

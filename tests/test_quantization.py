@@ -119,13 +119,13 @@ def _assert_ort_config_describes(folder, report):
 
 def test_fused_graph_candidate_records_an_ort_config(quantized, tmp_path):
     """Candidates built with onnxruntime's quantize_dynamic (no ORTQuantizer) still get Optimum's ort_config.json."""
-    from trainer_ext.deployment.quantization import _build_optimized_dynamic, _ort_config_file
+    from trainer_ext.deployment.candidates import build_optimized_dynamic, ort_config_file
 
     _, _, out, _ = quantized
     name = "optimized_o1_dynamic_per_channel"
     candidate = {"name": name, "static": False, "per_channel": True, "graph_level": "1", "exclude": []}
-    _build_optimized_dynamic(candidate, out / "onnx" / "model.onnx", tmp_path, QuantizationArguments())
-    (tmp_path / _ort_config_file(name)).rename(tmp_path / "ort_config.json")
+    build_optimized_dynamic(candidate, out / "onnx" / "model.onnx", tmp_path, QuantizationArguments())
+    (tmp_path / ort_config_file(name)).rename(tmp_path / "ort_config.json")
     _assert_ort_config_describes(tmp_path, {"chosen": {"name": name}, "trials": [candidate]})
 
 
@@ -337,7 +337,7 @@ def test_node_probing_stops_at_the_time_budget(tmp_path, tokenizer, monkeypatch)
     import types
 
     import trainer_ext.deployment.int8_search as search
-    import trainer_ext.deployment.quantization as q
+    from trainer_ext.deployment.candidates import quantizable_nodes
 
     model = make_bert(tokenizer, hidden_size=64, seed=3)
     data = make_dataset(tokenizer, n=32)
@@ -356,7 +356,7 @@ def test_node_probing_stops_at_the_time_budget(tmp_path, tokenizer, monkeypatch)
         sensitivity_top_k=2,
     )
     report = quantize_model(model, tokenizer, data, tmp_path, args)
-    nodes = len(q._quantizable_nodes(str(tmp_path / "onnx" / "model.onnx"), ["MatMul", "Gemm", "Attention"]))
+    nodes = len(quantizable_nodes(str(tmp_path / "onnx" / "model.onnx"), ["MatMul", "Gemm", "Attention"]))
     assert nodes > 2 and report["sensitivity_stopped"] == f"time budget: 1 of {nodes} nodes probed"
     assert len(report["sensitivity"]["gain_when_kept_fp32"]) == 1 and len(report["sensitivity"]["excluded"]) == 1
 
@@ -490,7 +490,7 @@ def test_the_report_records_the_cpu_instruction_sets_and_flags_inconsistent_cand
     beyond noise is flagged, in the report and in the card's trial table), and the CPU is named with its ISA."""
     from trainer_ext import write_model_card
     from trainer_ext.deployment.benchmark import cpu_description, cpu_features
-    from trainer_ext.deployment.int8_search import EvalSet
+    from trainer_ext.deployment.evaluation import EvalSet
     from trainer_ext.reporting.cards import md
 
     real_latencies = EvalSet.latencies
@@ -519,6 +519,6 @@ def test_the_report_records_the_cpu_instruction_sets_and_flags_inconsistent_cand
     card = write_model_card(tmp_path, plot=False).text  # from compression_report.json alone
     assert f"threads on {md(cpu_description())}" in card
     trial_rows = [r for r in card.splitlines() if r.startswith(f"| {md(chosen['name'])} |")]
-    assert trial_rows and "inconsistent timing: real\\_length\\_tokenized" in trial_rows[0]
+    assert trial_rows and "inconsistent timing: real_length_tokenized" in trial_rows[0]
     note = card[card.index("Inconsistent latency figures") : card.index("## How this model was made")]
-    assert "- student INT8: real\\_length\\_tokenized" in note
+    assert "- student INT8: real_length_tokenized" in note

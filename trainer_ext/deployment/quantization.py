@@ -7,7 +7,9 @@ nodes in FP32 and retry; if that fails too, keep FP32 and say so. The metric is 
 
 This module is the entry point and where callers import from; the work is done in `export` (ONNX export, graph
 optimisation), `candidates` (the INT8 configurations and how each is built), `int8_search` (`Int8Search`: the
-search's state and steps) and `quantization_args` (the settings, error type and file names, re-exported here).
+search's state and steps; `sensitivity` its node-by-node retry, `shape_picks` its pick per serving shape,
+`evaluation` the data it evaluates and times on) and `quantization_args` (the settings, error type and file names,
+re-exported here).
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from typing import Any
 import numpy as np
 from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainer_ext.deployment import candidates
 from trainer_ext.deployment.benchmark import ClassifierRunner, accuracy
 from trainer_ext.deployment.candidates import CalibrationSet, dynamic_int8
+from trainer_ext.deployment.evaluation import EvalSet
 from trainer_ext.deployment.export import export_onnx
-from trainer_ext.deployment.int8_search import EvalSet, Int8Search
+from trainer_ext.deployment.int8_search import Int8Search
 from trainer_ext.deployment.quantization_args import (
     APPROACHES,
     BACKENDS,
@@ -45,12 +47,6 @@ from trainer_ext.deployment.quantization_args import (
     QuantizationError,
 )
 from trainer_ext.files import write_json
-
-# Earlier names of what moved to `candidates`, kept importable from here (tests import and patch them).
-_CandidateBuilder = candidates.CandidateBuilder
-_build_optimized_dynamic = candidates.build_optimized_dynamic
-_ort_config_file = candidates.ort_config_file
-_quantizable_nodes = candidates.quantizable_nodes
 
 __all__ = [
     "APPROACHES",
