@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 Models = dict[str, ClassifierRunner | str]  # a variant's runner, or why it was not measured
 
 
-def _load(models: Models, name: str, path: object) -> None:
+def _load(models: Models, name: str, path: Path) -> None:
+    """A saved PyTorch classifier as the variant `name`."""
     model = AutoModelForSequenceClassification.from_pretrained(path)
     models[name] = ClassifierRunner(model, AutoTokenizer.from_pretrained(path))
 
